@@ -1,0 +1,106 @@
+"""opensmtpd-table: play smtpd's side against any table backend, by hand.
+
+    opensmtpd-table [--protocol native|imsg|2020] [--table NAME] [--config ARG] \\
+        -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
+                              update | conform}
+
+The action comes after the command: ``opensmtpd-table -- ./table.py lookup alias root``.
+Exit status: 0 found/ok, 1 not-found, 2 error reply, 3 smtpd would exit or hang, 64 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..table.conformance import Battery, summary
+from ..table.driver import BackendExited, BackendTimeout, Driver, ProtocolViolation, describe_reply
+from ..table.events import Failed, NotFound, Op
+from ..table.imsg import ProtocolViolation as ImsgViolation
+from ..table.services import Service
+
+ACTIONS = {"check": 2, "lookup": 2, "fetch": 1, "update": 0, "conform": 0}
+
+
+class UsageError(Exception):
+    pass
+
+
+def split_action(words: Sequence[str]) -> tuple[list[str], str, list[str]]:
+    """Split ``COMMAND ARGS... ACTION [PARAMS]`` at the last action word that fits."""
+    for i in range(len(words) - 1, 0, -1):
+        arity = ACTIONS.get(words[i])
+        if arity is not None and len(words) - i - 1 == arity:
+            return list(words[:i]), words[i], list(words[i + 1:])
+    raise UsageError("after the command, give one of: check SERVICE KEY, lookup SERVICE KEY, "
+                     "fetch SERVICE, update, conform")
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="opensmtpd-table", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=("native", "imsg", "2020"), default="native",
+                        help="the smtpd generation to play: native (>= 7.6), imsg (<= 7.5), "
+                             "2020 (the seed's procexec dialect); default native")
+    parser.add_argument("--table", default="test", help="table name sent to the backend")
+    parser.add_argument("--config", help="argv[1] for the backend, as in 'table NAME BACKEND:ARG'")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for each reply (smtpd itself waits forever)")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] ACTION ...")
+    args = parser.parse_args(argv)
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    if not rest:
+        raise UsageError("give the backend command after --")
+    command, action, params = split_action(rest)
+    return args, command, action, params
+
+
+def _service(name: str) -> Service:
+    service = Service.from_name(name.lower())
+    if service is None:
+        raise UsageError(f"unknown service {name!r}; known: {', '.join(Service)}")
+    return service
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args, command, action, params = parse_args(sys.argv[1:] if argv is None else argv)
+        service = _service(params[0]) if params else None
+    except UsageError as exc:
+        print(f"opensmtpd-table: {exc}", file=sys.stderr)
+        return 64
+
+    def start() -> Driver:
+        return Driver(command, protocol=args.protocol, table=args.table, config=args.config,
+                      timeout=args.timeout)
+
+    if action == "conform":
+        results = []
+        for result in Battery(start, args.protocol).run():
+            print(result, flush=True)
+            results.append(result)
+        print(summary(results))
+        return 0 if all(r.status != "FAIL" for r in results) else 3
+    try:
+        with start() as driver:
+            reply = driver.query(Op(action), service, params[1] if len(params) > 1 else None)
+    except (ProtocolViolation, ImsgViolation, BackendExited) as exc:
+        print(f"smtpd would exit: {exc}", file=sys.stderr)
+        return 3
+    except BackendTimeout as exc:
+        print(f"smtpd would hang: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"opensmtpd-table: cannot run {command[0]}: {exc}", file=sys.stderr)
+        return 3
+    hidden = service in (Service.CREDENTIALS,) and getattr(reply, "value", None)
+    print("found <value hidden: credentials>" if hidden else describe_reply(reply))
+    if isinstance(reply, Failed):
+        return 2
+    return 1 if isinstance(reply, NotFound) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The modern table API: handlers per service that return their answer.
+
+    from opensmtpd.table import Table, TempFail
+
+    table = Table()
+
+    @table.lookup("alias")
+    def alias(key):
+        return ALIASES.get(key)          # str, several str, or None (not found)
+
+    @table.check("domain")
+    def local_domain(key):
+        return key in DOMAINS            # bool
+
+    table.run()                          # any smtpd generation, detected on stdin
+
+Handlers may be plain functions or ``async def``. A handler that raises TempFail, raises
+anything else, misses its deadline or returns a value smtpd could not parse makes the
+request fail temporarily (4xx to the SMTP client): never a bounce, never a crash.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Literal
+
+from .events import Failed, Found, NotFound, Op, Reply, Request, Updated
+from .services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
+
+log = logging.getLogger("opensmtpd.table")
+
+DEFAULT_DEADLINE = 5.0
+Handler = Callable[..., Any]
+
+
+class TempFail(Exception):
+    """Raise from a handler for a temporary failure: smtpd answers 4xx, the sender retries."""
+
+
+def _services(names: Iterable[Service | str]) -> tuple[Service, ...]:
+    result = []
+    for name in names:
+        service = Service.from_name(str(name).lower())
+        if service is None:
+            raise ValueError(f"unknown service {name!r}; known: {', '.join(Service)}")
+        result.append(service)
+    return tuple(result)
+
+
+def _wants_request(fn: Handler) -> bool:
+    try:
+        return "request" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _Registered:
+    __slots__ = ("fn", "is_async", "wants_request")
+
+    def __init__(self, fn: Handler) -> None:
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.wants_request = _wants_request(fn)
+
+
+def describe(request: Request) -> str:
+    """A log-safe description: auth keys carry cleartext passwords and are never shown."""
+    what = f"{request.op} {request.service or request.raw_service}".rstrip()
+    if request.key is None:
+        return what
+    if request.service is Service.AUTH:
+        user = request.key.partition(":")[0]
+        return f"{what} {user[:64]!r}:<password>"
+    return f"{what} {request.key[:128]!r}"
+
+
+class Table:
+    """A table backend: register handlers per operation and service, then ``run()``.
+
+    ``deadline`` bounds each request (seconds): past it smtpd gets a temporary error.
+    ``unregistered`` is the answer for services with no handler ("error" or "not-found");
+    smtpd >= 7.6 sends them even though they were not registered.
+    """
+
+    def __init__(self, name: str | None = None, *, deadline: float = DEFAULT_DEADLINE,
+                 unregistered: Literal["error", "not-found"] = "error") -> None:
+        if unregistered not in ("error", "not-found"):
+            raise ValueError("unregistered must be 'error' or 'not-found'")
+        if not deadline > 0:
+            raise ValueError("deadline must be a positive number of seconds")
+        self.name = name
+        self.deadline = float(deadline)
+        self.unregistered = unregistered
+        self._handlers: dict[tuple[Op, Service], _Registered] = {}
+        self._update: _Registered | None = None
+        self._rotation: dict[Service, itertools.count[int]] = {}
+
+    # --- registration ---
+
+    def on(self, op: Op | str, services: Iterable[Service | str], fn: Handler) -> Handler:
+        op = Op(op)
+        if op is Op.UPDATE:
+            self._update = _Registered(fn)
+            return fn
+        chosen = _services(services) or ALL_BUT_AUTH
+        for service in chosen:
+            self._handlers[(op, service)] = _Registered(fn)
+        return fn
+
+    def _decorator(self, op: Op, services: tuple[Service | str, ...]) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            return self.on(op, services, fn)
+        return register
+
+    def check(self, *services: Service | str) -> Callable[[Handler], Handler]:
+        """Handler ``fn(key) -> bool``. No service given: every service but auth."""
+        return self._decorator(Op.CHECK, services)
+
+    def lookup(self, *services: Service | str) -> Callable[[Handler], Handler]:
+        """Handler ``fn(key) -> str | list[str] | None``."""
+        return self._decorator(Op.LOOKUP, services)
+
+    def fetch(self, *services: Service | str) -> Callable[[Handler], Handler]:
+        """Handler ``fn() -> str | list[str] | None``; a list is served in rotation."""
+        return self._decorator(Op.FETCH, services)
+
+    def update(self, fn: Handler) -> Handler:
+        """Handler ``fn() -> None`` run on ``smtpctl update table NAME``."""
+        self._update = _Registered(fn)
+        return fn
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        """What to register with smtpd >= 7.6: the services that have a handler."""
+        return tuple(dict.fromkeys(service for _, service in self._handlers))
+
+    # --- dispatch ---
+
+    def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]:
+        """The reply to ``request``; a coroutine when its handler is ``async def``."""
+        if request.op is Op.UPDATE:
+            registered = self._update
+        elif request.service is None:
+            return Failed(f"unknown service {request.raw_service!r}")
+        else:
+            registered = self._handlers.get((request.op, request.service))
+            if registered is None:
+                if self.unregistered == "not-found":
+                    return NotFound()
+                return Failed(f"no {request.op} handler for service {request.service}")
+        if registered is None:  # update with no handler: nothing to reload
+            return Updated()
+        args: tuple[Any, ...] = (request.key,) if request.key is not None else ()
+        kwargs = {"request": request} if registered.wants_request else {}
+        if registered.is_async:
+            return self._answer_async(request, registered.fn(*args, **kwargs))
+        try:
+            result = registered.fn(*args, **kwargs)
+        except Exception as exc:
+            return self.failure(request, exc)
+        return self.convert(request, result)
+
+    async def _answer_async(self, request: Request, pending: Awaitable[Any]) -> Reply:
+        try:
+            result = await pending
+        except Exception as exc:
+            return self.failure(request, exc)
+        return self.convert(request, result)
+
+    def failure(self, request: Request, exc: BaseException) -> Failed:
+        if isinstance(exc, TempFail):
+            reason = str(exc) or "temporary failure"
+            if request.service is Service.AUTH:
+                reason = "temporary failure"
+            log.warning("%s: temporary failure: %s", describe(request), reason)
+            return Failed(reason)
+        detail = "" if request.service is Service.AUTH else f": {exc}"
+        log.error("%s: handler raised %s%s", describe(request), type(exc).__name__, detail)
+        return Failed(f"handler raised {type(exc).__name__}")
+
+    def convert(self, request: Request, result: Any) -> Reply:
+        """Turn a handler's return value into a reply smtpd can parse, or an error."""
+        op, service = request.op, request.service
+        if op is Op.UPDATE:
+            return Updated()
+        assert service is not None
+        if isinstance(result, Failed):
+            return result
+        if op is Op.CHECK:
+            if result is None or isinstance(result, bool):
+                return Found() if result else NotFound()
+            return self._invalid(request, f"check handler returned {type(result).__name__}, "
+                                          "expected bool")
+        if result is None:
+            return NotFound()
+        values = [result] if isinstance(result, str) else result
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+            return self._invalid(request, f"{op} handler returned {type(result).__name__}, "
+                                          "expected str, a list of str or None")
+        if not values:
+            return NotFound()
+        if op is Op.FETCH:
+            value = values[next(self._rotation.setdefault(service, itertools.count())) % len(values)]
+        elif len(values) == 1:
+            value = values[0]
+        elif service.is_list:
+            value = ", ".join(values)
+        else:
+            return self._invalid(request, f"{len(values)} values for {service}, which takes one")
+        try:
+            validate_value(service, value)
+        except InvalidValue as exc:
+            return self._invalid(request, str(exc))
+        return Found(value)
+
+    def _invalid(self, request: Request, reason: str) -> Failed:
+        log.error("%s: invalid answer: %s", describe(request), reason)
+        return Failed(f"invalid answer: {reason}")
+
+    def run(self, protocol: str | None = None) -> None:
+        """Serve smtpd on stdin/stdout until EOF (any generation, detected)."""
+        from .runtime import serve
+
+        serve(self, protocol=protocol)

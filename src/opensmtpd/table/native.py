@@ -1,0 +1,183 @@
+"""The native table protocol of smtpd >= 7.6 ("0.1"), both sides, sans-IO.
+
+Reference: table-protocols.md §3 and lab-7.6 REPORT §2.
+smtpd writes ``config|…`` lines then ``config|ready``; the table answers
+``register|<service>``… ``register|ready``. Requests::
+
+    table|0.1|<ts>|<table>|update|<id>
+    table|0.1|<ts>|<table>|check|<service>|<id>|<key>
+    table|0.1|<ts>|<table>|lookup|<service>|<id>|<key>
+    table|0.1|<ts>|<table>|fetch|<service>|<id>
+
+Replies are ``<op>-result|<id>|…``; smtpd fatals on anything it cannot parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .events import Event, Failed, Found, Hello, Malformed, NotFound, Op, Reply, Request, Updated
+from .lines import LineBuffer, decode, encode, one_line
+from .services import Service
+
+PROTOCOL_VERSION = "0.1"
+_OPS = {op.value: op for op in Op}
+
+
+def parse_request(line: str) -> Request | Malformed:
+    """Parse one request line (without its newline)."""
+    fields = line.split("|", 7)
+    if len(fields) < 6 or fields[0] != "table":
+        return Malformed(f"not a table request: {line[:80]!r}")
+    op = _OPS.get(fields[4])
+    if op is None:
+        return Malformed(f"unknown operation {fields[4][:40]!r}")
+    if op is Op.UPDATE:
+        if len(fields) != 6:
+            return Malformed("update request with extra fields", op=op)
+        request_id = fields[5]
+        raw_service = ""
+    else:
+        want = 7 if op is Op.FETCH else 8
+        if len(fields) != want:
+            return Malformed(f"{op} request needs {want} fields, got {len(fields)}", op=op,
+                             id=fields[6] if len(fields) > 6 else None)
+        raw_service, request_id = fields[5], fields[6]
+    if not request_id:
+        return Malformed("empty request id", op=op)
+    if fields[1] != PROTOCOL_VERSION:
+        return Malformed(f"unsupported protocol version {fields[1][:20]!r}", id=request_id, op=op)
+    return Request(op, request_id, fields[3], Service.from_name(raw_service) if raw_service
+                   else None, fields[7] if op in (Op.CHECK, Op.LOOKUP) else None, raw_service)
+
+
+class TableSide:
+    """The table's end: turns smtpd's bytes into events, replies into bytes."""
+
+    def __init__(self) -> None:
+        self._lines = LineBuffer()
+        self._config: list[tuple[str, str]] = []
+        self.ready = False
+        self.table = ""
+
+    def receive_data(self, data: bytes) -> None:
+        self._lines.feed(data)
+
+    def next_event(self) -> Event | None:
+        raw = self._lines.next_line()
+        if raw is None:
+            return None
+        line = decode(raw)
+        if self._lines.truncated:
+            result = parse_request(line)
+            return Malformed(f"request longer than {len(line)} bytes",
+                             id=getattr(result, "id", None), op=getattr(result, "op", None))
+        if self.ready:
+            return parse_request(line)
+        return self._handshake(line)
+
+    def _handshake(self, line: str) -> Event | None:
+        if line == "config|ready":
+            self.ready = True
+            config = dict(self._config)
+            self.table = config.get("tablename", "")
+            return Hello(self.table, config.get("smtpd-version", ""), tuple(self._config))
+        key, sep, value = line.partition("|")
+        if key != "config" or not sep:
+            return Malformed(f"expected config|… during the handshake, got {line[:80]!r}")
+        name, _, value = value.partition("|")
+        self._config.append((name, value))
+        return self.next_event()
+
+    @staticmethod
+    def registration(services: Iterable[Service]) -> bytes:
+        unique = dict.fromkeys(services)
+        if not unique:
+            raise ValueError("a table must register at least one service")
+        return encode("".join(f"register|{s.value}\n" for s in unique) + "register|ready\n")
+
+    @staticmethod
+    def reply(op: Op, request_id: str, reply: Reply) -> bytes:
+        """Encode a reply; a reply that does not fit ``op`` becomes an error line."""
+        head = f"{op.value}-result|{request_id}|"
+        if isinstance(reply, Failed):
+            return encode(f"{head}error|{one_line(reply.reason)}\n")
+        if op is Op.UPDATE:
+            if isinstance(reply, Updated):
+                return encode(head + "ok\n")
+        elif isinstance(reply, NotFound):
+            return encode(head + "not-found\n")
+        elif isinstance(reply, Found):
+            if op is Op.CHECK:
+                return encode(head + "found\n")
+            value = reply.value
+            if value and "\n" not in value:
+                return encode(f"{head}found|{value}\n")
+        return encode(f"{head}error|reply {type(reply).__name__} does not fit {op}\n")
+
+
+# --- smtpd's end: used by the by-hand tool, the conformance battery and the bridge ---
+
+
+class ProtocolViolation(Exception):
+    """A reply that would make smtpd fatalx (and exit, taking mail delivery down)."""
+
+
+def handshake(table: str, smtpd_version: str = "7.6.0-portable") -> bytes:
+    return encode(
+        f"config|smtpd-version|{smtpd_version}\nconfig|protocol|{PROTOCOL_VERSION}\n"
+        f"config|tablename|{table}\nconfig|ready\n"
+    )
+
+
+def parse_registration(line: str) -> Service | None:
+    """One handshake reply line: a service, or None for ``register|ready``.
+
+    Raises ProtocolViolation exactly where smtpd's table_proc_open() fatals.
+    """
+    if not line.startswith("register|"):
+        raise ProtocolViolation(f"invalid handshake reply {line[:80]!r}")
+    name = line[9:]
+    if name == "ready":
+        return None
+    service = Service.from_name(name)
+    if service is None:
+        raise ProtocolViolation(f"unknown service {name[:40]!r}")
+    return service
+
+
+def request(op: Op, table: str, request_id: str, service: Service | None = None,
+            key: str | None = None, timestamp: str = "0.000000") -> bytes:
+    head = f"table|{PROTOCOL_VERSION}|{timestamp}|{table}|{op.value}"
+    if op is Op.UPDATE:
+        return encode(f"{head}|{request_id}\n")
+    assert service is not None
+    tail = f"|{key}" if op in (Op.CHECK, Op.LOOKUP) else ""
+    return encode(f"{head}|{service.value}|{request_id}{tail}\n")
+
+
+def parse_reply(op: Op, request_id: str, line: str) -> Reply:
+    """Judge a reply line exactly as table_proc.c of smtpd 7.6 does (§3.4)."""
+    prefix = f"{op.value}-result|{request_id}|"
+    if not line.startswith(prefix):
+        raise ProtocolViolation(f"failed to parse reply {line[:80]!r} (expected {prefix!r}…)")
+    rest = line[len(prefix):]
+    if op is Op.UPDATE:
+        if rest == "ok":
+            return Updated()
+        if rest == "error" or rest.startswith("error|"):
+            return Failed(rest[6:] or "update failed")
+        raise ProtocolViolation(f"failed parse reply {rest[:40]!r}")
+    if rest == "not-found":
+        return NotFound()
+    if rest.startswith("error"):
+        return Failed(rest[6:] if rest[5:6] == "|" else "")
+    if op is Op.CHECK:
+        if rest.startswith("found"):
+            return Found()
+        raise ProtocolViolation(f"failed to parse reply {rest[:40]!r}")
+    if not rest.startswith("found|"):
+        raise ProtocolViolation(f"failed to parse reply {rest[:40]!r}")
+    if not rest[6:]:
+        raise ProtocolViolation("empty response")
+    return Found(rest[6:])

@@ -1,0 +1,107 @@
+"""The 2020 ``table-procexec`` dialect of the seed, both sides, sans-IO.
+
+Reference: table-protocols.md §2 and §4. No handshake. Requests::
+
+    table|0.1|<ts>|<op>|<id>|<service>|<key>            (table-procexec @93055be9)
+    table|0.1|<ts>|<table>|<op>|<id>|<service>|<key>    (py/go-opensmtpd HEAD)
+
+Replies: ``table-result|<id>|updated|found|not-found|failure`` or ``found|<value>``.
+"""
+
+from __future__ import annotations
+
+from .events import Event, Failed, Found, Malformed, NotFound, Op, Reply, Request, Updated
+from .lines import LineBuffer, decode, encode
+from .services import Service
+
+PROTOCOL_VERSION = "0.1"
+_OPS = {op.value: op for op in Op}
+
+
+def parse_request(line: str) -> Request | Malformed:
+    fields = line.split("|")
+    if len(fields) < 5 or fields[0] != "table":
+        return Malformed(f"not a table request: {line[:80]!r}")
+    # The HEAD libraries put the table name before the op; procexec did not.
+    named = fields[3] not in _OPS and len(fields) > 5 and fields[4] in _OPS
+    table = fields[3] if named else ""
+    rest = fields[4:] if named else fields[3:]
+    op = _OPS.get(rest[0])
+    if op is None:
+        return Malformed(f"unknown operation {rest[0][:40]!r}")
+    request_id = rest[1]
+    if not request_id:
+        return Malformed("empty request id", op=op)
+    if fields[1] != PROTOCOL_VERSION:
+        return Malformed(f"unsupported protocol version {fields[1][:20]!r}", id=request_id, op=op)
+    if op is Op.UPDATE:
+        return Request(op, request_id, table)
+    if len(rest) < 3 or (op is not Op.FETCH and len(rest) < 4):
+        return Malformed(f"{op} request with missing fields", id=request_id, op=op)
+    raw_service = rest[2]
+    key = "|".join(rest[3:]) if op is not Op.FETCH else None
+    return Request(op, request_id, table, Service.from_name(raw_service), key, raw_service)
+
+
+class TableSide:
+    def __init__(self) -> None:
+        self._lines = LineBuffer()
+        self.table = ""
+
+    def receive_data(self, data: bytes) -> None:
+        self._lines.feed(data)
+
+    def next_event(self) -> Event | None:
+        raw = self._lines.next_line()
+        if raw is None:
+            return None
+        result = parse_request(decode(raw))
+        if self._lines.truncated:
+            return Malformed("request too long", id=getattr(result, "id", None),
+                             op=getattr(result, "op", None))
+        return result
+
+    @staticmethod
+    def reply(op: Op, request_id: str, reply: Reply) -> bytes:
+        head = f"table-result|{request_id}|"
+        if isinstance(reply, Updated) and op is Op.UPDATE:
+            return encode(head + "updated\n")
+        if op is not Op.UPDATE:
+            if isinstance(reply, NotFound):
+                return encode(head + "not-found\n")
+            if isinstance(reply, Found):
+                if op is Op.CHECK:
+                    return encode(head + "found\n")
+                if reply.value and "\n" not in reply.value:
+                    return encode(f"{head}found|{reply.value}\n")
+        return encode(head + "failure\n")
+
+
+# --- smtpd's end (table-procexec @93055be9) ---
+
+
+def request(op: Op, request_id: str, service: Service | None = None, key: str | None = None,
+            timestamp: str = "0.000000") -> bytes:
+    head = f"table|{PROTOCOL_VERSION}|{timestamp}|{op.value}|{request_id}"
+    if op is Op.UPDATE:
+        return encode(head + "\n")
+    assert service is not None
+    tail = f"|{key}" if op in (Op.CHECK, Op.LOOKUP) else ""
+    return encode(f"{head}|{service.value}{tail}\n")
+
+
+def parse_reply(op: Op, request_id: str, line: str) -> Reply:
+    """Judge a reply as table-procexec did: anything unexpected is a failure (-1)."""
+    prefix = f"table-result|{request_id}|"
+    if not line.startswith(prefix):
+        return Failed(f"unexpected reply {line[:80]!r}")
+    rest = line[len(prefix):]
+    if rest == "updated" and op is Op.UPDATE:
+        return Updated()
+    if rest == "not-found" and op is not Op.UPDATE:
+        return NotFound()
+    if rest == "found" and op is Op.CHECK:
+        return Found()
+    if rest.startswith("found|") and rest[6:] and op in (Op.LOOKUP, Op.FETCH):
+        return Found(rest[6:])
+    return Failed("failure" if rest == "failure" else f"unexpected reply {rest[:40]!r}")

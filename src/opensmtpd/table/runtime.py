@@ -1,0 +1,290 @@
+"""The table runtime: owns the file descriptors, the dispatch loop and the deadlines.
+
+Invariants (DESIGN.md): every request gets exactly one well-formed reply; nothing but
+protocol reaches smtpd's socket (logs go to stderr); only EOF ends the process.
+
+Sync handlers run inline in the reader thread (no hand-off cost: smtpd sends one
+request at a time). A watchdog answers a request whose handler misses its deadline
+with an error and starts a fresh reader, abandoning the stuck thread; its late result
+is dropped. Async handlers run on an asyncio loop in another thread; on protocols with
+request ids (native, 2020) several may be in flight, on imsg they are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from . import imsg, native, procexec2020
+from .backend import Table, describe
+from .events import Event, Failed, Hello, Ignored, Malformed, Op, Reply, Request
+
+log = logging.getLogger("opensmtpd.table")
+
+PROTOCOLS = ("native", "imsg", "2020")
+_MAGIC = {"native": b"config|", "2020": b"table|", "imsg": imsg.HEADER.pack(
+    imsg.PROC_TABLE_OPEN, 0, 0, 0, 0)[:4]}
+MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
+
+
+def detect(prefix: bytes) -> str | None:
+    """The generation that starts with ``prefix``; None while undecided.
+
+    Raises ValueError when no generation starts like this.
+    """
+    undecided = False
+    for name, magic in _MAGIC.items():
+        if prefix.startswith(magic):
+            return name
+        if magic.startswith(prefix):
+            undecided = True
+    if undecided:
+        return None
+    raise ValueError(f"cannot tell the table protocol from the first bytes {prefix[:16]!r}")
+
+
+class Codec(Protocol):
+    table: str
+
+    def receive_data(self, data: bytes) -> None: ...
+    def next_event(self) -> Event | None: ...
+    def reply(self, op: Op, request_id: str, reply: Reply) -> bytes: ...
+
+
+def make_codec(protocol: str) -> Codec:
+    if protocol == "native":
+        return native.TableSide()
+    if protocol == "2020":
+        return procexec2020.TableSide()
+    if protocol == "imsg":
+        return imsg.TableSide(os.getpid())
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+def setup_logging() -> None:
+    root = logging.getLogger("opensmtpd")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s[%(process)d]: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("OPENSMTPD_LOG_LEVEL", "INFO").upper())
+
+
+class Server:
+    def __init__(self, table: Table, *, protocol: str | None = None, infd: int = 0,
+                 outfd: int = 1) -> None:
+        if protocol is not None and protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        self.table = table
+        self.protocol = protocol
+        self.infd, self.outfd = infd, outfd
+        self.codec: Codec | None = None
+        self._abandoned: set[str] = set()  # sync requests answered by the watchdog
+        self._lock = threading.Lock()
+        self._inflight: dict[str, tuple[Request, float, bool]] = {}
+        self._generation = 0
+        self._done = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- I/O ---
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.outfd, view):]
+        except OSError as exc:
+            log.info("smtpd closed the connection (%s)", exc)
+            self._done.set()
+
+    def _read(self) -> bytes:
+        try:
+            return os.read(self.infd, 65536)
+        except OSError as exc:
+            log.info("read error on fd %d (%s): treating as EOF", self.infd, exc)
+            return b""
+
+    def _start(self, first: bytes) -> None:
+        """Pick the codec from the first bytes (or the forced protocol)."""
+        data = first
+        protocol = self.protocol
+        while protocol is None:
+            try:
+                protocol = detect(data)
+            except ValueError as exc:
+                log.error("%s; expecting smtpd >= 7.6 (config|), <= 7.5 (imsg) or 2020 "
+                          "(table|)", exc)
+                protocol = "native"  # report every line as malformed from here
+                break
+            if protocol is None:
+                more = self._read()
+                if not more:
+                    self._done.set()
+                    return
+                data += more
+        self.protocol = protocol
+        self.codec = make_codec(protocol)
+        if protocol == "imsg" and _is_socket(self.infd):
+            self.outfd = self.infd  # smtpd <= 7.5 gives one socket, on fd 0 only
+        self.codec.receive_data(data)
+
+    # --- loop ---
+
+    def serve(self) -> None:
+        setup_logging()
+        first = self._read()
+        if not first:
+            return
+        self._start(first)
+        if self._done.is_set():
+            return
+        threading.Thread(target=self._watchdog, name="table-watchdog", daemon=True).start()
+        self._spawn_reader()
+        self._done.wait()
+
+    def _spawn_reader(self) -> None:
+        threading.Thread(target=self._reader, args=(self._generation,), daemon=True,
+                         name=f"table-reader-{self._generation}").start()
+
+    def _reader(self, generation: int) -> None:
+        codec = self.codec
+        assert codec is not None
+        while not self._done.is_set():
+            event = codec.next_event()
+            if event is None:
+                data = self._read()
+                if not data:
+                    self._done.set()
+                    return
+                codec.receive_data(data)
+                continue
+            if isinstance(event, Request):
+                self._dispatch(event)
+            else:
+                self._other(event)
+            if generation != self._generation:
+                return  # a handler of ours overran its deadline; another reader took over
+
+    def _other(self, event: Event) -> None:
+        assert self.codec is not None
+        if isinstance(event, Hello):
+            if event.table:
+                _name_logger(event.table)
+            if isinstance(self.codec, native.TableSide):
+                try:
+                    self._write(self.codec.registration(self.table.services))
+                except ValueError as exc:
+                    log.error("cannot register with smtpd: %s (add a handler)", exc)
+            elif isinstance(self.codec, imsg.TableSide):
+                self._write(self.codec.opened())
+        elif isinstance(event, Malformed):
+            log.error("malformed request from smtpd: %s", event.reason)
+            if event.id is not None and event.op is not None:
+                with self._lock:
+                    self._write(self.codec.reply(event.op, event.id, Failed("malformed request")))
+        elif isinstance(event, Ignored):
+            log.debug("ignored %s", event.what)
+
+    def _dispatch(self, request: Request) -> None:
+        deadline = time.monotonic() + self.table.deadline
+        if len(self._abandoned) >= MAX_STUCK:
+            reason = f"{len(self._abandoned)} handlers are stuck past their deadline"
+            with self._lock:
+                self._write(self._reply(request, Failed(reason)))
+            return
+        with self._lock:
+            self._inflight[request.id] = (request, deadline, True)
+        try:
+            reply = self.table.answer(request)
+        except Exception as exc:  # answer() itself must never take the table down
+            reply = self.table.failure(request, exc)
+        if isinstance(reply, Coroutine):
+            self._dispatch_async(request, reply, deadline)
+            return
+        self._finish(request, reply)
+
+    def _reply(self, request: Request, reply: Reply) -> bytes:
+        assert self.codec is not None
+        return self.codec.reply(request.op, request.id, reply)
+
+    def _finish(self, request: Request, reply: Reply) -> None:
+        """Write the reply unless the watchdog already answered this request."""
+        with self._lock:
+            if self._inflight.pop(request.id, None) is None:
+                self._abandoned.discard(request.id)
+                log.warning("%s: late answer dropped (the deadline had passed)",
+                            describe(request))
+                return
+            self._write(self._reply(request, reply))
+
+    def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
+                        deadline: float) -> None:
+        loop = self._event_loop()
+        ordered = self.protocol == "imsg"  # no ids on imsg: replies in request order
+        with self._lock:
+            self._inflight[request.id] = (request, deadline, ordered)
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        if ordered:
+            try:
+                reply = future.result()
+            except Exception as exc:
+                reply = self.table.failure(request, exc)
+            self._finish(request, reply)
+            return
+
+        def done(fut: Any) -> None:
+            try:
+                reply = fut.result()
+            except Exception as exc:
+                reply = self.table.failure(request, exc)
+            self._finish(request, reply)
+
+        future.add_done_callback(done)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="table-asyncio", daemon=True).start()
+            self._loop = loop
+        return self._loop
+
+    def _watchdog(self) -> None:
+        tick = min(0.05, self.table.deadline / 10)
+        while not self._done.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                late = [entry for entry in self._inflight.values() if entry[1] <= now]
+                for request, _, sync in late:
+                    del self._inflight[request.id]
+                    log.error("%s: no answer within %.1fs, answering error", describe(request),
+                              self.table.deadline)
+                    self._write(self._reply(request, Failed("deadline exceeded")))
+                    if sync:
+                        self._abandoned.add(request.id)
+                        self._generation += 1
+                        self._spawn_reader()
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _name_logger(table: str) -> None:
+    root = logging.getLogger("opensmtpd")
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(
+            f"table {table}[%(process)d]: %(message)s"))
+
+
+def serve(table: Table, *, protocol: str | None = None, infd: int = 0, outfd: int = 1) -> None:
+    Server(table, protocol=protocol, infd=infd, outfd=outfd).serve()
