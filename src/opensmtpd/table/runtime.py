@@ -184,6 +184,9 @@ class Server:
                     log.error("cannot register with smtpd: %s (add a handler)", exc)
             elif isinstance(self.codec, imsg.TableSide):
                 self._write(self.codec.opened())
+            log.info("ready: %s protocol%s, serving %s", self.protocol,
+                     f", smtpd {event.smtpd_version}" if event.smtpd_version else "",
+                     ", ".join(self.table.services) or "nothing")
         elif isinstance(event, Malformed):
             log.error("malformed request from smtpd: %s", event.reason)
             if event.id is not None and event.op is not None:

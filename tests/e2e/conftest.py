@@ -1,0 +1,152 @@
+"""Shared fixtures for the e2e tier: real smtpd 6.8 (host) and 7.6 (trixie chroot).
+
+These tests need root, Debian 12's opensmtpd on the host and the chroot built by
+`make chroot` (see .ci/run). Missing any of them is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from .harness import REPO, Root, Smtpd, free_port
+
+CHROOT = Path(os.environ.get("PYOS_CHROOT", REPO / "build" / "trixie"))
+LIB_INSIDE = "/opt/pyos-e2e/lib"
+WORK_INSIDE = "/var/tmp/pyos-e2e"
+
+
+def _require(condition: bool, why: str) -> None:
+    if not condition:
+        pytest.fail(f"e2e prerequisite missing: {why}", pytrace=False)
+
+
+def _version(root: Root) -> str:
+    cmd = ["/usr/sbin/smtpd", "-h"]
+    if root.chrooted:
+        cmd = ["chroot", str(root.path), *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return (out.stdout + out.stderr).split("OpenSMTPD ", 1)[-1].split()[0]
+
+
+def _mounted(path: Path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
+
+
+def _prepare(root: Root) -> None:
+    """Put the library where user opensmtpd can import it, and a world-readable workdir."""
+    lib = root.host(LIB_INSIDE)
+    shutil.rmtree(lib, ignore_errors=True)
+    shutil.copytree(REPO / "src" / "opensmtpd", lib / "opensmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for directory in (lib, *lib.parents):
+        if directory == root.path or directory == Path("/"):
+            break
+        directory.chmod(0o755)
+    for path in lib.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    work = root.host(WORK_INSIDE)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    work.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def host_root() -> Root:
+    _require(os.geteuid() == 0, "must run as root (smtpd needs it)")
+    _require(Path("/usr/sbin/smtpd").exists(), "apt-get install opensmtpd opensmtpd-extras")
+    root = Root(Path("/"), "6.8")
+    _require(_version(root).startswith("6.8"), f"host smtpd is {_version(root)}, expected 6.8")
+    _prepare(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def chroot_root() -> Iterator[Root]:
+    _require(os.geteuid() == 0, "must run as root (smtpd and chroot need it)")
+    _require((CHROOT / "usr/sbin/smtpd").exists(), f"no trixie chroot at {CHROOT}: make chroot")
+    root = Root(CHROOT, "7.6")
+    mounts = []
+    for source, target, args in (("proc", "proc", ["-t", "proc"]), ("/dev", "dev", ["--bind"])):
+        where = CHROOT / target
+        if not _mounted(where):
+            subprocess.run(["mount", *args, source, str(where)], check=True)
+            mounts.append(where)
+    try:
+        _require(_version(root).startswith("7.6"), f"chroot smtpd is {_version(root)}")
+        _prepare(root)
+        yield root
+    finally:
+        for where in reversed(mounts):
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(params=["6.8", "7.6"])
+def any_root(request: pytest.FixtureRequest) -> Root:
+    name = "host_root" if request.param == "6.8" else "chroot_root"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def workdir(request: pytest.FixtureRequest) -> Callable[[Root], tuple[Path, str]]:
+    """A fresh directory (host path, path inside the root) readable by smtpd's users."""
+
+    def make(root: Root) -> tuple[Path, str]:
+        inside = f"{WORK_INSIDE}/{request.node.name.replace('[', '-').replace(']', '')}"
+        host = root.host(inside)
+        shutil.rmtree(host, ignore_errors=True)
+        host.mkdir(parents=True)
+        host.chmod(0o755)
+        return host, inside
+    return make
+
+
+@pytest.fixture
+def smtpd(tmp_path: Path) -> Iterator[Callable[[Root, str], Smtpd]]:
+    started: list[Smtpd] = []
+
+    def make(root: Root, conf: str) -> Smtpd:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": LIB_INSIDE,
+               "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+        server = Smtpd(root, conf, tmp_path / f"smtpd-{root.name}-{len(started)}.log", env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+    for server in started:
+        server.root.remove_backends()
+
+
+class Sink:
+    """An SMTP server on loopback that records every envelope it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),  # type: ignore[attr-defined]
+                              envelope.content))  # type: ignore[attr-defined]
+        return "250 OK"
+
+    def recipients(self) -> list[str]:
+        return [rcpt for _, rcpts, _ in self.messages for rcpt in rcpts]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    server = Sink()
+    server.controller.start()
+    try:
+        yield server
+    finally:
+        server.controller.stop()

@@ -1,0 +1,53 @@
+"""Backend programs the e2e tests install as PATH_LIBEXEC/table-pyos-*.
+
+They run as user opensmtpd under the root's own /usr/bin/python3 and import the
+library from PYTHONPATH, which smtpd passes through (table-protocols.md §1.1).
+"""
+
+from __future__ import annotations
+
+from ..harness import REPO
+
+SHEBANG = "#!/usr/bin/python3\n"
+
+MAPPING = SHEBANG + """\
+import sys
+from opensmtpd.table import MappingTable
+
+MappingTable(path=sys.argv[1]).run()
+"""
+
+# Behaviour switched at run time through the file given as argv[1]:
+# ok | raise | hang | invalid (the deadline is 1 s).
+FAULTY = SHEBANG + """\
+import sys
+import time
+from pathlib import Path
+
+from opensmtpd.table import Table
+
+mode_file = Path(sys.argv[1])
+home = str(mode_file.parent / "home")
+table = Table(deadline=1.0)
+
+
+@table.lookup("userinfo")
+def userinfo(key):
+    mode = mode_file.read_text().strip()
+    if mode == "raise":
+        raise RuntimeError("simulated backend bug")
+    if mode == "hang":
+        time.sleep(20)
+    if mode == "invalid":
+        return "65534:not-a-gid"
+    return f"65534:65534:{home}" if key == "vuser" else None
+
+
+table.run()
+"""
+
+
+def seed() -> str:
+    """examples/seed_table.py, byte for byte after the shebang line."""
+    source = (REPO / "examples" / "seed_table.py").read_text()
+    return SHEBANG + source.split("\n", 1)[1]
