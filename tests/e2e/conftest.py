@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from .harness import REPO, Root, Smtpd, free_port
+from opensmtpd.testing import Root, Smtpd, free_port
+
+from .paths import REPO
 
 CHROOT = Path(os.environ.get("PYOS_CHROOT", REPO / "build" / "trixie"))
-LIB_INSIDE = "/opt/pyos-e2e/lib"
 WORK_INSIDE = "/var/tmp/pyos-e2e"
 
 
@@ -36,21 +37,13 @@ def _version(root: Root) -> str:
 
 
 def _mounted(path: Path) -> bool:
-    return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    return any(line.split()[1] == str(path) for line in mounts)
 
 
 def _prepare(root: Root) -> None:
     """Put the library where user opensmtpd can import it, and a world-readable workdir."""
-    lib = root.host(LIB_INSIDE)
-    shutil.rmtree(lib, ignore_errors=True)
-    shutil.copytree(REPO / "src" / "opensmtpd", lib / "opensmtpd",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for directory in (lib, *lib.parents):
-        if directory == root.path or directory == Path("/"):
-            break
-        directory.chmod(0o755)
-    for path in lib.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    root.install_library()
     work = root.host(WORK_INSIDE)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -112,9 +105,8 @@ def smtpd(tmp_path: Path) -> Iterator[Callable[[Root, str], Smtpd]]:
     started: list[Smtpd] = []
 
     def make(root: Root, conf: str) -> Smtpd:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": LIB_INSIDE,
-               "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-        server = Smtpd(root, conf, tmp_path / f"smtpd-{root.name}-{len(started)}.log", env)
+        server = Smtpd(root, conf, tmp_path / f"smtpd-{root.name}-{len(started)}.log",
+                       root.smtpd_env())
         started.append(server)
         return server
 

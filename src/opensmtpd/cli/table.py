@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..table.conformance import Battery, summary
 from ..table.driver import BackendExited, BackendTimeout, Driver, ProtocolViolation, describe_reply
@@ -27,6 +28,11 @@ class UsageError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)  # exit status 64, not argparse's 2 (= an error reply)
+
+
 def split_action(words: Sequence[str]) -> tuple[list[str], str, list[str]]:
     """Split ``COMMAND ARGS... ACTION [PARAMS]`` at the last action word that fits."""
     for i in range(len(words) - 1, 0, -1):
@@ -38,7 +44,7 @@ def split_action(words: Sequence[str]) -> tuple[list[str], str, list[str]]:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="opensmtpd-table", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", choices=("native", "imsg", "2020"), default="native",

@@ -61,7 +61,7 @@ class Battery:
         services = self.driver.services or tuple(PROBE_KEYS)
         for service in services:
             if service is Service.AUTH:
-                yield self._ask(f"check auth", Op.CHECK, service, "alice:probe-password")
+                yield self._ask("check auth", Op.CHECK, service, "alice:probe-password")
                 continue
             key = PROBE_KEYS[service]
             yield self._ask(f"check {service}", Op.CHECK, service, key)

@@ -55,13 +55,17 @@ class Driver:
         self._lines = LineBuffer()
         self._framer = imsg.Framer()
         self._pid = os.getpid()
-        if protocol == "native":
-            self._send(native.handshake(table, smtpd_version))
-            self.services = self._registration()
-        elif protocol == "imsg":
-            self._send(imsg.open_request(table, self._pid))
-            msg_type, payload = self._message()
-            imsg.parse_reply(None, msg_type, payload)
+        try:
+            if protocol == "native":
+                self._send(native.handshake(table, smtpd_version))
+                self.services = self._registration()
+            elif protocol == "imsg":
+                self._send(imsg.open_request(table, self._pid))
+                msg_type, payload = self._message()
+                imsg.parse_reply(None, msg_type, payload)
+        except BaseException:
+            self.close(timeout=1.0)  # a failed handshake leaves no process behind
+            raise
 
     # --- transport ---
 

@@ -6,7 +6,7 @@ library from PYTHONPATH, which smtpd passes through (table-protocols.md §1.1).
 
 from __future__ import annotations
 
-from ..harness import REPO
+from ..paths import REPO
 
 SHEBANG = "#!/usr/bin/python3\n"
 

@@ -6,7 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..harness import Root, free_port, maildir_messages, send, wait_for
+from opensmtpd.testing import Root, free_port, maildir_messages, send, wait_for
+
 from .backends import MAPPING, seed
 
 

@@ -1,4 +1,4 @@
-"""Run a real OpenSMTPD for tests: Debian 12's 6.8 on the host, 7.6 in a trixie chroot.
+"""Run a real OpenSMTPD for tests and demos: Debian 12's 6.8 on the host, 7.6 in a chroot.
 
 What is known about running smtpd in tests is in shared/DESIGN.md and the lab reports:
 start by absolute path with -d; one smtpd per root filesystem (fixed control socket)
@@ -9,6 +9,7 @@ table blocks SIGTERM (SIGKILL every descendant by PID).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,11 +18,13 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-REPO = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parent
+LIB_INSIDE = "/opt/pyos/lib"  # where install_library() puts the package inside a root
 SPOOL_DIRS = ("queue", "incoming", "temporary", "corrupt", "offline", "purge")
 LIBEXEC = "usr/libexec/opensmtpd"
 SMTPD_USER = "opensmtpd"
@@ -76,6 +79,26 @@ class Root:
         target.chmod(0o755)
         return f"/{LIBEXEC}/table-{name}"
 
+    def install_library(self) -> None:
+        """Copy this package where user opensmtpd can import it (LIB_INSIDE).
+
+        Tables run as ``opensmtpd``: a virtualenv under /root is not readable by it.
+        """
+        lib = self.host(LIB_INSIDE)
+        shutil.rmtree(lib, ignore_errors=True)
+        shutil.copytree(PACKAGE, lib / "opensmtpd", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (lib, *lib.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        for directory in lib.parents:
+            if directory in (self.path, Path("/")):
+                break
+            directory.chmod(directory.stat().st_mode | 0o755)
+
+    def smtpd_env(self) -> dict[str, str]:
+        """smtpd passes its environment to tables: this lets them import the library."""
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": LIB_INSIDE,
+                "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+
     def remove_backends(self, prefix: str = "pyos") -> None:
         for path in self.host(f"/{LIBEXEC}").glob(f"table-{prefix}*"):
             path.unlink()
@@ -88,7 +111,7 @@ class Smtpd:
     log_path: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    logfile: object = None
+    logfile: IO[bytes] | None = None
     extra_pids: list[int] = field(default_factory=list)
 
     def start(self, ready_tables: Iterable[str] = (), port: int | None = None,
@@ -150,22 +173,16 @@ class Smtpd:
         pids = [self.process.pid, *descendants(self.process.pid)]
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(6)
-            except subprocess.TimeoutExpired:
-                pass
         for pid in pids:  # a hung table blocks SIGTERM (lab-6.8 §1 pitfall 7)
             if alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
         if self.logfile is not None:
-            self.logfile.close()  # type: ignore[attr-defined]
+            self.logfile.close()
         clean_spool(self.root)
         self.process = None
 
@@ -221,11 +238,9 @@ def send(port: int, sender: str, rcpt: str, body: str = "Subject: test\r\n\r\nhe
             client.ehlo()
         if auth is not None:
             try:
-                code, text = client.login(*auth)
-            except smtplib.SMTPAuthenticationError as exc:
-                return Outcome(exc.smtp_code, exc.smtp_error.decode(errors="replace"), "auth")
+                client.login(*auth)
             except smtplib.SMTPResponseException as exc:
-                return Outcome(exc.smtp_code, exc.smtp_error.decode(errors="replace"), "auth")
+                return Outcome(exc.smtp_code, _text(exc.smtp_error), "auth")
         code, text = client.mail(sender)
         if code != 250:
             return Outcome(code, text.decode(errors="replace"), "mail")
@@ -236,10 +251,15 @@ def send(port: int, sender: str, rcpt: str, body: str = "Subject: test\r\n\r\nhe
         return Outcome(code, text.decode(errors="replace"), "data")
 
 
-def wait_for(predicate: object, timeout: float = 20.0, interval: float = 0.1) -> bool:
+def _text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0,
+             interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(interval)
     return False
