@@ -10,6 +10,7 @@ table blocks SIGTERM (SIGKILL every descendant by PID).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -112,10 +113,12 @@ class Smtpd:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     logfile: IO[bytes] | None = None
+    lockfile: IO[str] | None = None
     extra_pids: list[int] = field(default_factory=list)
 
     def start(self, ready_tables: Iterable[str] = (), port: int | None = None,
               timeout: float = 15.0) -> None:
+        self._lock()
         clean_spool(self.root)
         conf_inside = "/etc/pyos-e2e.conf"
         conf_host = self.root.host(conf_inside)
@@ -143,6 +146,20 @@ class Smtpd:
         raise RuntimeError(f"smtpd {self.root.name} not ready (waiting for {pending}):\n"
                            f"{self.log()}")
 
+    def _lock(self, timeout: float = 900.0) -> None:
+        """One smtpd per root filesystem (fixed control socket, shared spool): wait for it."""
+        name = str(self.root.path).strip("/").replace("/", "_") or "host"
+        self.lockfile = open(f"/tmp/pyos-smtpd-{name}.lock", "w")  # noqa: SIM115
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another smtpd holds {self.lockfile.name}") from None
+                time.sleep(0.2)
+
     def _command(self, *args: str) -> list[str]:
         smtpd = ["/usr/sbin/smtpd", *args]
         return ["chroot", str(self.root.path), *smtpd] if self.root.chrooted else smtpd
@@ -168,23 +185,30 @@ class Smtpd:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        pids = [self.process.pid, *descendants(self.process.pid)]
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if self.process is not None:
+            self._terminate(self.process)
+            self.process = None
+            clean_spool(self.root)
+        if self.logfile is not None:
+            self.logfile.close()
+            self.logfile = None
+        if self.lockfile is not None:
+            self.lockfile.close()  # releases the flock
+            self.lockfile = None
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen[bytes]) -> None:
+        pids = [process.pid, *descendants(process.pid)]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(6)
+                process.wait(6)
         for pid in pids:  # a hung table blocks SIGTERM (lab-6.8 §1 pitfall 7)
             if alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-        if self.logfile is not None:
-            self.logfile.close()
-        clean_spool(self.root)
-        self.process = None
+            process.wait(5)
 
 
 def clean_spool(root: Root) -> None:
