@@ -22,8 +22,7 @@ deps:
 	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
 	fi
-	@# the package may have started a system smtpd: it would hold /var/run/smtpd.sock
-	@pkill -x smtpd 2>/dev/null || true
+	@# policy-rc.d keeps apt from starting a system smtpd (it would hold /var/run/smtpd.sock)
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
