@@ -14,7 +14,7 @@ test: deps venv chroot lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: venv
-	$(PY) -m ruff check src tests bench examples
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 deps:

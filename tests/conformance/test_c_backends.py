@@ -45,7 +45,8 @@ def native_passwd() -> list[str]:
     return ["/usr/sbin/chroot", str(CHROOT), binary, "/tmp/pyos-passwd"]
 
 
-def test_battery_passes_c_imsg_backend(imsg_passwd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_battery_passes_c_imsg_backend(imsg_passwd: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--protocol", "imsg", "--", *imsg_passwd, "conform"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith("PASS"), out
@@ -53,7 +54,8 @@ def test_battery_passes_c_imsg_backend(imsg_passwd: list[str], capsys: pytest.Ca
     assert "lookup credentials: found <value hidden>" in out
 
 
-def test_battery_passes_c_native_backend(native_passwd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_battery_passes_c_native_backend(native_passwd: list[str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--protocol", "native", "--", *native_passwd, "conform"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith("PASS"), out
