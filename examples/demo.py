@@ -56,7 +56,6 @@ def main() -> int:
         return 1
     root = Root(Path("/"), "host")
     root.install_library()
-    root.install_backend("pyos-demo", BACKEND)
     work = Path(WORK)
     shutil.rmtree(work, ignore_errors=True)
     (work / "home").mkdir(parents=True)
@@ -75,7 +74,7 @@ match from any for domain <domains> action "local"
 """
     print(f"smtpd.conf:{conf}")
     log = Path(tempfile.mkdtemp(prefix="pyos-demo-")) / "smtpd.log"
-    server = Smtpd(root, conf, log, root.smtpd_env())
+    server = Smtpd(root, conf, log, root.smtpd_env(), backends={"pyos-demo": BACKEND})
     try:
         server.start(ready_tables=("domains", "aliases", "users"), port=port)
         print(f"smtpd {os.popen('/usr/sbin/smtpd -h 2>&1').read().split()[2]} pid "
@@ -101,7 +100,6 @@ match from any for domain <domains> action "local"
         return 0
     finally:
         server.stop()
-        root.remove_backends("pyos-demo")
 
 
 if __name__ == "__main__":

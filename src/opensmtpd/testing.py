@@ -64,6 +64,7 @@ class Root:
 
     path: Path
     name: str  # "6.8" / "7.6"
+    lib: str = LIB_INSIDE  # where install_library() puts the package, inside the root
 
     @property
     def chrooted(self) -> bool:
@@ -81,11 +82,11 @@ class Root:
         return f"/{LIBEXEC}/table-{name}"
 
     def install_library(self) -> None:
-        """Copy this package where user opensmtpd can import it (LIB_INSIDE).
+        """Copy this package where user opensmtpd can import it (``self.lib``).
 
         Tables run as ``opensmtpd``: a virtualenv under /root is not readable by it.
         """
-        lib = self.host(LIB_INSIDE)
+        lib = self.host(self.lib)
         shutil.rmtree(lib, ignore_errors=True)
         shutil.copytree(PACKAGE, lib / "opensmtpd", ignore=shutil.ignore_patterns("__pycache__"))
         for path in (lib, *lib.rglob("*")):
@@ -97,12 +98,8 @@ class Root:
 
     def smtpd_env(self) -> dict[str, str]:
         """smtpd passes its environment to tables: this lets them import the library."""
-        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": LIB_INSIDE,
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": self.lib,
                 "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-
-    def remove_backends(self, prefix: str = "pyos") -> None:
-        for path in self.host(f"/{LIBEXEC}").glob(f"table-{prefix}*"):
-            path.unlink()
 
 
 @dataclass
@@ -112,6 +109,7 @@ class Smtpd:
     log_path: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
+    backends: dict[str, str] = field(default_factory=dict)  # table-NAME -> program text
     logfile: IO[bytes] | None = None
     lockfile: IO[str] | None = None
     extra_pids: list[int] = field(default_factory=list)
@@ -119,6 +117,8 @@ class Smtpd:
     def start(self, ready_tables: Iterable[str] = (), port: int | None = None,
               timeout: float = 15.0) -> None:
         self._lock()
+        for name, source in self.backends.items():  # under the lock: others may run tests
+            self.root.install_backend(name, source)
         clean_spool(self.root)
         conf_inside = "/etc/pyos-e2e.conf"
         conf_host = self.root.host(conf_inside)
@@ -193,6 +193,8 @@ class Smtpd:
             self.logfile.close()
             self.logfile = None
         if self.lockfile is not None:
+            for name in self.backends:
+                self.root.host(f"/{LIBEXEC}/table-{name}").unlink(missing_ok=True)
             self.lockfile.close()  # releases the flock
             self.lockfile = None
 

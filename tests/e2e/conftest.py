@@ -20,7 +20,10 @@ from opensmtpd.testing import Root, Smtpd, free_port
 from .paths import REPO
 
 CHROOT = Path(os.environ.get("PYOS_CHROOT", REPO / "build" / "trixie"))
-WORK_INSIDE = "/var/tmp/pyos-e2e"
+# Per test session: several sessions may run at once on one machine (they take turns
+# with smtpd through the harness's lock, but must not share files).
+WORK_INSIDE = f"/var/tmp/pyos-e2e-{os.getpid()}"
+LIB_INSIDE = f"/opt/pyos-e2e-{os.getpid()}/lib"
 
 
 def _require(condition: bool, why: str) -> None:
@@ -50,21 +53,27 @@ def _prepare(root: Root) -> None:
     work.chmod(0o755)
 
 
+def _cleanup(root: Root) -> None:
+    shutil.rmtree(root.host(WORK_INSIDE), ignore_errors=True)
+    shutil.rmtree(root.host(LIB_INSIDE).parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def host_root() -> Root:
+def host_root() -> Iterator[Root]:
     _require(os.geteuid() == 0, "must run as root (smtpd needs it)")
     _require(Path("/usr/sbin/smtpd").exists(), "apt-get install opensmtpd opensmtpd-extras")
-    root = Root(Path("/"), "6.8")
+    root = Root(Path("/"), "6.8", LIB_INSIDE)
     _require(_version(root).startswith("6.8"), f"host smtpd is {_version(root)}, expected 6.8")
     _prepare(root)
-    return root
+    yield root
+    _cleanup(root)
 
 
 @pytest.fixture(scope="session")
 def chroot_root() -> Iterator[Root]:
     _require(os.geteuid() == 0, "must run as root (smtpd and chroot need it)")
     _require((CHROOT / "usr/sbin/smtpd").exists(), f"no trixie chroot at {CHROOT}: make chroot")
-    root = Root(CHROOT, "7.6")
+    root = Root(CHROOT, "7.6", LIB_INSIDE)
     mounts = []
     for source, target, args in (("proc", "proc", ["-t", "proc"]), ("/dev", "dev", ["--bind"])):
         where = CHROOT / target
@@ -75,6 +84,7 @@ def chroot_root() -> Iterator[Root]:
         _require(_version(root).startswith("7.6"), f"chroot smtpd is {_version(root)}")
         _prepare(root)
         yield root
+        _cleanup(root)
     finally:
         for where in reversed(mounts):
             subprocess.run(["umount", "-l", str(where)], check=False)
@@ -101,20 +111,20 @@ def workdir(request: pytest.FixtureRequest) -> Callable[[Root], tuple[Path, str]
 
 
 @pytest.fixture
-def smtpd(tmp_path: Path) -> Iterator[Callable[[Root, str], Smtpd]]:
+def smtpd(tmp_path: Path) -> Iterator[Callable[..., Smtpd]]:
     started: list[Smtpd] = []
 
-    def make(root: Root, conf: str) -> Smtpd:
+    def make(root: Root, conf: str, backends: dict[str, str] | None = None) -> Smtpd:
+        """An smtpd for ``conf``; ``backends`` (table-NAME -> program) are installed
+        while it holds the root's lock and removed when it stops."""
         server = Smtpd(root, conf, tmp_path / f"smtpd-{root.name}-{len(started)}.log",
-                       root.smtpd_env())
+                       root.smtpd_env(), backends=backends or {})
         started.append(server)
         return server
 
     yield make
     for server in started:
         server.stop()
-    for server in started:
-        server.root.remove_backends()
 
 
 class Sink:

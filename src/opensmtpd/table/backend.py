@@ -33,6 +33,11 @@ from .services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
 log = logging.getLogger("opensmtpd.table")
 
 DEFAULT_DEADLINE = 5.0
+# Validated lookup answers kept per table, keyed (service, value): a hit skips the
+# checks and the allocation. Bounded: cleared when full; long values are not kept.
+FOUND_CACHE_SIZE = 4096
+FOUND_CACHE_MAX_VALUE = 1024
+_UPDATE, _CHECK, _LOOKUP, _FETCH = Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH
 Handler = Callable[..., Any]
 
 
@@ -97,6 +102,7 @@ class Table:
         self._handlers: dict[tuple[Op, Service], _Registered] = {}
         self._update: _Registered | None = None
         self._rotation: dict[Service, itertools.count[int]] = {}
+        self._found: dict[tuple[Service, str], Found] = {}
 
     # --- registration ---
 
@@ -110,7 +116,8 @@ class Table:
             self._handlers[(op, service)] = _Registered(fn)
         return fn
 
-    def _decorator(self, op: Op, services: tuple[Service | str, ...]) -> Callable[[Handler], Handler]:
+    def _decorator(self, op: Op,
+                   services: tuple[Service | str, ...]) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             return self.on(op, services, fn)
         return register
@@ -141,24 +148,30 @@ class Table:
 
     def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]:
         """The reply to ``request``; a coroutine when its handler is ``async def``."""
-        if request.op is Op.UPDATE:
+        op = request.op
+        if op is _UPDATE:
             registered = self._update
         elif request.service is None:
             return Failed(f"unknown service {request.raw_service!r}")
         else:
-            registered = self._handlers.get((request.op, request.service))
+            registered = self._handlers.get((op, request.service))
             if registered is None:
                 if self.unregistered == "not-found":
                     return NotFound()
-                return Failed(f"no {request.op} handler for service {request.service}")
+                return Failed(f"no {op} handler for service {request.service}")
         if registered is None:  # update with no handler: nothing to reload
             return Updated()
-        args: tuple[Any, ...] = (request.key,) if request.key is not None else ()
-        kwargs = {"request": request} if registered.wants_request else {}
+        key = request.key
         if registered.is_async:
+            args: tuple[Any, ...] = (key,) if key is not None else ()
+            kwargs = {"request": request} if registered.wants_request else {}
             return self._answer_async(request, registered.fn(*args, **kwargs))
-        try:
-            result = registered.fn(*args, **kwargs)
+        fn = registered.fn
+        try:  # the calls spelled out: no args tuple or kwargs dict on the hot path
+            if registered.wants_request:
+                result = fn(key, request=request) if key is not None else fn(request=request)
+            else:
+                result = fn(key) if key is not None else fn()
         except Exception as exc:
             return self.failure(request, exc)
         return self.convert(request, result)
@@ -184,12 +197,16 @@ class Table:
     def convert(self, request: Request, result: Any) -> Reply:
         """Turn a handler's return value into a reply smtpd can parse, or an error."""
         op, service = request.op, request.service
-        if op is Op.UPDATE:
+        if type(result) is str and op is _LOOKUP:  # the common case, answered from the cache
+            found = self._found.get((service, result))  # type: ignore[arg-type]
+            if found is not None:
+                return found
+        if isinstance(result, Failed):  # before UPDATE: a failed reload is an error, not ok
+            return result
+        if op is _UPDATE:
             return Updated()
         assert service is not None
-        if isinstance(result, Failed):
-            return result
-        if op is Op.CHECK:
+        if op is _CHECK:
             if result is None or isinstance(result, bool):
                 return Found() if result else NotFound()
             return self._invalid(request, f"check handler returned {type(result).__name__}, "
@@ -202,8 +219,9 @@ class Table:
                                           "expected str, a list of str or None")
         if not values:
             return NotFound()
-        if op is Op.FETCH:
-            value = values[next(self._rotation.setdefault(service, itertools.count())) % len(values)]
+        if op is _FETCH:
+            turn = next(self._rotation.setdefault(service, itertools.count()))
+            value = values[turn % len(values)]
         elif len(values) == 1:
             value = values[0]
         elif service.is_list:
@@ -214,7 +232,13 @@ class Table:
             validate_value(service, value)
         except InvalidValue as exc:
             return self._invalid(request, str(exc))
-        return Found(value)
+        found = Found(value)
+        if op is _LOOKUP and type(result) is str and len(value) <= FOUND_CACHE_MAX_VALUE:
+            cache = self._found
+            if len(cache) >= FOUND_CACHE_SIZE:
+                cache.clear()
+            cache[(service, value)] = found
+        return found
 
     def _invalid(self, request: Request, reason: str) -> Failed:
         log.error("%s: invalid answer: %s", describe(request), reason)

@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import struct
 
-from .events import Event, Failed, Found, Hello, Ignored, Malformed, NotFound, Op, Reply, Request
-from .events import Updated
-from .lines import decode, encode
+from .events import (
+    Event,
+    Failed,
+    Found,
+    Hello,
+    Ignored,
+    Malformed,
+    NotFound,
+    Op,
+    Reply,
+    Request,
+    Updated,
+    make_request,
+)
+from .lines import ENCODING, ERRORS, decode, encode
 from .services import Service
 
 HEADER = struct.Struct("=IHHII")
@@ -33,6 +45,16 @@ _OPS = {PROC_TABLE_UPDATE: Op.UPDATE, PROC_TABLE_CHECK: Op.CHECK,
 _TYPES = {op: t for t, op in _OPS.items()}
 # The largest value a LOOKUP/FETCH reply can carry: payload minus r and the NUL.
 MAX_VALUE = MAX_PAYLOAD - RESULT.size - 1
+
+# Hot path (TableSide): a CHECK/LOOKUP with no params, its key right after the header.
+_QUERY_HEAD = struct.Struct("=IHHIIiQ")  # HEADER then SERVICE_PARAMS, in one unpack
+_KEY_AT = HEADER_SIZE + SERVICE_PARAMS.size  # 28
+_KEYED = {PROC_TABLE_CHECK: Op.CHECK, PROC_TABLE_LOOKUP: Op.LOOKUP}
+_BY_CODE = {service.code: service for service in Service}
+_RAW_SERVICE = {code: f"0x{code:x}" for code in _BY_CODE}
+_UPDATE, _CHECK, _LOOKUP = Op.UPDATE, Op.CHECK, Op.LOOKUP
+REPLY_CACHE_SIZE = 1024  # encoded lookup answers kept per TableSide, keyed by value,
+REPLY_CACHE_MAX_VALUE = 1024  # for values up to this many characters
 
 
 def message(msg_type: int, payload: bytes, pid: int) -> bytes:
@@ -74,11 +96,29 @@ class TableSide:
         self._seq = 0
         self.pid = pid
         self.table = ""
+        self._cache_pid = pid  # the pid the encoded replies below were made with
+        self._results: dict[int, bytes] = {}  # r -> a reply without a value
+        self._values: dict[str, bytes] = {}  # value -> its LOOKUP/FETCH reply
 
     def receive_data(self, data: bytes) -> None:
-        self._framer.feed(data)
+        self._framer._buf += data
 
     def next_event(self) -> Event | None:
+        buf = self._framer._buf
+        if not buf:
+            return None
+        if len(buf) >= _KEY_AT + 2:  # fast path: what smtpd sends for every check and lookup
+            msg_type, length, _flags, _peer, _pid, code, count = _QUERY_HEAD.unpack_from(buf)
+            op = _KEYED.get(msg_type)
+            if (op is not None and count == 0 and _KEY_AT + 2 <= length <= len(buf)
+                    and length <= MAX_IMSGSIZE and buf[length - 1] == 0):
+                key = buf[_KEY_AT:length - 1]
+                if b"\0" not in key:
+                    del buf[:length]
+                    self._seq = seq = self._seq + 1
+                    return make_request(op, str(seq), self.table, _BY_CODE.get(code),
+                                        key.decode(ENCODING, ERRORS),
+                                        _RAW_SERVICE.get(code) or f"0x{code:x}")
         try:
             msg = self._framer.next_message()
         except ValueError as exc:
@@ -133,20 +173,45 @@ class TableSide:
 
     def reply(self, op: Op, request_id: str, reply: Reply) -> bytes:
         """Encode a reply; one that does not fit ``op`` or the frame becomes -1."""
-        payload = RESULT.pack(-1)
-        if op is Op.UPDATE:
+        if type(reply) is Found and op is _LOOKUP and self._cache_pid == self.pid:
+            encoded = self._values.get(reply.value)  # type: ignore[arg-type]
+            if encoded is not None:  # sent before: the same bytes again
+                return encoded
+        if self._cache_pid != self.pid:
+            self._results.clear()
+            self._values.clear()
+            self._cache_pid = self.pid
+        result = -1
+        if op is _UPDATE:
             if isinstance(reply, Updated):
-                payload = RESULT.pack(1)
+                result = 1
         elif isinstance(reply, NotFound):
-            payload = RESULT.pack(0)
+            result = 0
         elif isinstance(reply, Found):
-            if op is Op.CHECK:
-                payload = RESULT.pack(1)
+            if op is _CHECK:
+                result = 1
             elif reply.value:
-                value = encode(reply.value)
-                if len(value) <= MAX_VALUE and b"\0" not in value:
-                    payload = RESULT.pack(1) + value + b"\0"
-        return message(PROC_TABLE_OK, payload, self.pid)
+                return self._value_reply(reply.value)
+        encoded = self._results.get(result)
+        if encoded is None:
+            encoded = self._results[result] = message(PROC_TABLE_OK, RESULT.pack(result),
+                                                      self.pid)
+        return encoded
+
+    def _value_reply(self, text: str) -> bytes:
+        """The reply carrying ``text`` (-1 if it cannot), from the cache when it was sent before."""
+        encoded = self._values.get(text)
+        if encoded is None:
+            value = encode(text)
+            if len(value) <= MAX_VALUE and b"\0" not in value:
+                encoded = message(PROC_TABLE_OK, RESULT.pack(1) + value + b"\0", self.pid)
+            else:
+                return message(PROC_TABLE_OK, RESULT.pack(-1), self.pid)
+            if len(text) <= REPLY_CACHE_MAX_VALUE:
+                if len(self._values) >= REPLY_CACHE_SIZE:
+                    self._values.clear()
+                self._values[text] = encoded
+        return encoded
 
 
 # --- smtpd's end (table_proc.c @ 6.8) ---
@@ -188,7 +253,7 @@ def parse_reply(op: Op | None, msg_type: int, payload: bytes) -> Reply | None:
             raise ProtocolViolation("bogus data")
     elif not rest:
         raise ProtocolViolation("empty response")
-    elif not rest.endswith(b"\0") or b"\0" in rest[:-1]:
+    elif not rest.endswith(b"\0"):  # smtpd checks the last byte only, then strdup()s
         raise ProtocolViolation("not NUL-terminated")
     if r not in (-1, 0, 1):
         raise ProtocolViolation(f"result {r} is not -1, 0 or 1")
@@ -198,4 +263,4 @@ def parse_reply(op: Op | None, msg_type: int, payload: bytes) -> Reply | None:
         return Updated() if r == 1 else Failed("update returned 0")
     if r == 0:
         return NotFound()
-    return Found(decode(rest[:-1]) if op in (Op.LOOKUP, Op.FETCH) else None)
+    return Found(decode(rest.split(b"\0", 1)[0]) if op in (Op.LOOKUP, Op.FETCH) else None)

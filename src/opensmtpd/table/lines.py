@@ -43,6 +43,8 @@ class LineBuffer:
 
     def next_line(self) -> bytes | None:
         buf = self._buf
+        if not buf:
+            return None
         end = buf.find(b"\n", 0 if not self._skipping else 1024)
         if end < 0:
             if len(buf) > MAX_LINE:

@@ -16,12 +16,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .events import Event, Failed, Found, Hello, Malformed, NotFound, Op, Reply, Request, Updated
-from .lines import LineBuffer, decode, encode, one_line
+from .events import (
+    Event,
+    Failed,
+    Found,
+    Hello,
+    Malformed,
+    NotFound,
+    Op,
+    Reply,
+    Request,
+    Updated,
+    make_request,
+)
+from .lines import ENCODING, ERRORS, LineBuffer, decode, encode, one_line
 from .services import Service
 
 PROTOCOL_VERSION = "0.1"
 _OPS = {op.value: op for op in Op}
+_HEADS = {op: f"{op.value}-result|" for op in Op}
+_SERVICES = {service.value: service for service in Service}
+_UPDATE, _CHECK, _LOOKUP, _FETCH = Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH
 
 
 def parse_request(line: str) -> Request | Malformed:
@@ -32,13 +47,13 @@ def parse_request(line: str) -> Request | Malformed:
     op = _OPS.get(fields[4])
     if op is None:
         return Malformed(f"unknown operation {fields[4][:40]!r}")
-    if op is Op.UPDATE:
+    if op is _UPDATE:
         if len(fields) != 6:
             return Malformed("update request with extra fields", op=op)
         request_id = fields[5]
         raw_service = ""
     else:
-        want = 7 if op is Op.FETCH else 8
+        want = 7 if op is _FETCH else 8
         if len(fields) != want:
             return Malformed(f"{op} request needs {want} fields, got {len(fields)}", op=op,
                              id=fields[6] if len(fields) > 6 else None)
@@ -47,8 +62,9 @@ def parse_request(line: str) -> Request | Malformed:
         return Malformed("empty request id", op=op)
     if fields[1] != PROTOCOL_VERSION:
         return Malformed(f"unsupported protocol version {fields[1][:20]!r}", id=request_id, op=op)
-    return Request(op, request_id, fields[3], Service.from_name(raw_service) if raw_service
-                   else None, fields[7] if op in (Op.CHECK, Op.LOOKUP) else None, raw_service)
+    return make_request(op, request_id, fields[3], _SERVICES.get(raw_service) if raw_service
+                        else None, fields[7] if op is _LOOKUP or op is _CHECK else None,
+                        raw_service)
 
 
 class TableSide:
@@ -61,10 +77,21 @@ class TableSide:
         self.table = ""
 
     def receive_data(self, data: bytes) -> None:
-        self._lines.feed(data)
+        self._lines._buf += data  # LineBuffer.feed(), inlined
 
     def next_event(self) -> Event | None:
-        raw = self._lines.next_line()
+        lines = self._lines
+        buf = lines._buf
+        if not buf:
+            return None
+        if self.ready and not lines._skipping:  # LineBuffer.next_line() inlined: hot path
+            end = buf.find(b"\n")
+            if end >= 0:
+                line = buf[:end].decode(ENCODING, ERRORS)
+                del buf[:end + 1]
+                lines.truncated = False
+                return parse_request(line)
+        raw = lines.next_line()
         if raw is None:
             return None
         line = decode(raw)
@@ -99,16 +126,20 @@ class TableSide:
     @staticmethod
     def reply(op: Op, request_id: str, reply: Reply) -> bytes:
         """Encode a reply; a reply that does not fit ``op`` becomes an error line."""
-        head = f"{op.value}-result|{request_id}|"
+        if type(reply) is Found and op is _LOOKUP:  # the hot path
+            value = reply.value
+            if value and "\n" not in value:
+                return f"lookup-result|{request_id}|found|{value}\n".encode(ENCODING, ERRORS)
+        head = f"{_HEADS[op]}{request_id}|"
         if isinstance(reply, Failed):
             return encode(f"{head}error|{one_line(reply.reason)}\n")
-        if op is Op.UPDATE:
+        if op is _UPDATE:
             if isinstance(reply, Updated):
                 return encode(head + "ok\n")
         elif isinstance(reply, NotFound):
             return encode(head + "not-found\n")
         elif isinstance(reply, Found):
-            if op is Op.CHECK:
+            if op is _CHECK:
                 return encode(head + "found\n")
             value = reply.value
             if value and "\n" not in value:
@@ -165,8 +196,8 @@ def parse_reply(op: Op, request_id: str, line: str) -> Reply:
     if op is Op.UPDATE:
         if rest == "ok":
             return Updated()
-        if rest == "error" or rest.startswith("error|"):
-            return Failed(rest[6:] or "update failed")
+        if rest.startswith("error"):  # strncmp(r, "error", 5), as for the other ops
+            return Failed(rest[6:] if rest[5:6] == "|" else "")
         raise ProtocolViolation(f"failed parse reply {rest[:40]!r}")
     if rest == "not-found":
         return NotFound()

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from . import imsg, native, procexec2020
 from .backend import Table, describe
-from .events import Event, Failed, Hello, Ignored, Malformed, Op, Reply, Request
+from .events import REPLY_TYPES, Event, Failed, Hello, Ignored, Malformed, Op, Reply, Request
 
 log = logging.getLogger("opensmtpd.table")
 
@@ -32,6 +32,7 @@ PROTOCOLS = ("native", "imsg", "2020")
 _MAGIC = {"native": b"config|", "2020": b"table|", "imsg": imsg.HEADER.pack(
     imsg.PROC_TABLE_OPEN, 0, 0, 0, 0)[:4]}
 MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
+_monotonic = time.monotonic
 
 
 def detect(prefix: bytes) -> str | None:
@@ -96,8 +97,11 @@ class Server:
     # --- I/O ---
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
         try:
+            written = os.write(self.outfd, data)  # a reply fits in one write, nearly always
+            if written == len(data):
+                return
+            view = memoryview(data)[written:]
             while view:
                 view = view[os.write(self.outfd, view):]
         except OSError as exc:
@@ -139,6 +143,8 @@ class Server:
 
     def serve(self) -> None:
         setup_logging()
+        if self.outfd == 1:
+            self.outfd = _private_stdout()
         first = self._read()
         if not first:
             return
@@ -156,17 +162,19 @@ class Server:
     def _reader(self, generation: int) -> None:
         codec = self.codec
         assert codec is not None
-        while not self._done.is_set():
-            event = codec.next_event()
+        next_event, receive_data, read = codec.next_event, codec.receive_data, self._read
+        done, dispatch = self._done, self._dispatch
+        while not done.is_set():
+            event = next_event()
             if event is None:
-                data = self._read()
+                data = read()
                 if not data:
-                    self._done.set()
+                    done.set()
                     return
-                codec.receive_data(data)
+                receive_data(data)
                 continue
             if isinstance(event, Request):
-                self._dispatch(event)
+                dispatch(event)
             else:
                 self._other(event)
             if generation != self._generation:
@@ -196,22 +204,23 @@ class Server:
             log.debug("ignored %s", event.what)
 
     def _dispatch(self, request: Request) -> None:
-        deadline = time.monotonic() + self.table.deadline
+        table = self.table
+        deadline = _monotonic() + table.deadline
         if len(self._abandoned) >= MAX_STUCK:
             reason = f"{len(self._abandoned)} handlers are stuck past their deadline"
             with self._lock:
                 self._write(self._reply(request, Failed(reason)))
             return
-        with self._lock:
-            self._inflight[request.id] = (request, deadline, True)
+        # No lock: one dict store is atomic, and the watchdog iterates over a snapshot.
+        self._inflight[request.id] = (request, deadline, True)
         try:
-            reply = self.table.answer(request)
+            reply = table.answer(request)
         except Exception as exc:  # answer() itself must never take the table down
-            reply = self.table.failure(request, exc)
-        if isinstance(reply, Coroutine):
+            reply = table.failure(request, exc)
+        if type(reply) not in REPLY_TYPES and isinstance(reply, Coroutine):
             self._dispatch_async(request, reply, deadline)
             return
-        self._finish(request, reply)
+        self._finish(request, reply)  # type: ignore[arg-type]
 
     def _reply(self, request: Request, reply: Reply) -> bytes:
         assert self.codec is not None
@@ -225,7 +234,7 @@ class Server:
                 log.warning("%s: late answer dropped (the deadline had passed)",
                             describe(request))
                 return
-            self._write(self._reply(request, reply))
+            self._write(self.codec.reply(request.op, request.id, reply))  # type: ignore[union-attr]
 
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:
@@ -263,7 +272,8 @@ class Server:
         while not self._done.wait(tick):
             now = time.monotonic()
             with self._lock:
-                late = [entry for entry in self._inflight.values() if entry[1] <= now]
+                # list(): a snapshot taken atomically, as _dispatch adds entries unlocked
+                late = [entry for entry in list(self._inflight.values()) if entry[1] <= now]
                 for request, _, sync in late:
                     del self._inflight[request.id]
                     log.error("%s: no answer within %.1fs, answering error", describe(request),
@@ -273,6 +283,19 @@ class Server:
                         self._abandoned.add(request.id)
                         self._generation += 1
                         self._spawn_reader()
+
+
+def _private_stdout() -> int:
+    """Keep fd 1 for the protocol only: a handler's print() goes to stderr, not to smtpd."""
+    sys.stdout.flush()
+    protocol = os.dup(1)
+    try:
+        os.dup2(2, 1)
+    except OSError:  # no stderr: discard stray output rather than corrupt the protocol
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    return protocol
 
 
 def _is_socket(fd: int) -> bool:

@@ -25,7 +25,7 @@ def test_faults_tempfail_then_deliver(any_root: Root, workdir, smtpd) -> None:
     mode = host / "mode"
     mode.write_text("ok")
     mode.chmod(0o644)
-    any_root.install_backend("pyos-faulty", FAULTY)
+    backends = {"pyos-faulty": FAULTY}
     port = free_port()
     conf = f"""
 table users pyos-faulty:{inside}/mode
@@ -33,7 +33,7 @@ listen on 127.0.0.1 port {port}
 action "local" maildir "{inside}/maildir/%{{user.username}}" userbase <users>
 match from any for domain "local.test" action "local"
 """
-    server: Smtpd = smtpd(any_root, conf)
+    server: Smtpd = smtpd(any_root, conf, backends)
     server.start(ready_tables=("users",), port=port)
     pid = server.pid
     mailbox: Path = host / "maildir" / "vuser"

@@ -25,7 +25,7 @@ def _files(host: Path, inside: str) -> None:
 def test_mapping_table_serves_every_lookup(any_root: Root, workdir, smtpd, sink) -> None:
     host, inside = workdir(any_root)
     _files(host, inside)
-    any_root.install_backend("pyos-map", MAPPING)
+    backends = {"pyos-map": MAPPING}
     port = free_port()
     tables = ("nets", "domains", "rcpts", "aliases", "users")
     conf = "".join(f"table {t} pyos-map:{inside}/{t}\n" for t in tables) + f"""
@@ -35,7 +35,7 @@ action "out" relay host smtp://127.0.0.1:{sink.port}
 match from src <nets> for domain <domains> action "local"
 match from any for rcpt-to <rcpts> action "out"
 """
-    server = smtpd(any_root, conf)
+    server = smtpd(any_root, conf, backends)
     server.start(ready_tables=tables, port=port)
 
     # netaddr (CIDR) + domain + alias root -> vuser + userinfo vuser -> maildir delivery
@@ -62,7 +62,7 @@ match from any for rcpt-to <rcpts> action "out"
 
 
 def test_seed_example_unchanged(any_root: Root, workdir, smtpd, sink) -> None:
-    any_root.install_backend("pyos-seed", seed())
+    backends = {"pyos-seed": seed()}
     port = free_port()
     conf = f"""
 table seed pyos-seed
@@ -72,7 +72,7 @@ action "fwd" forward-only alias <seed>
 match from any for rcpt-to <seed> action "out"
 match from any for domain "seed.test" action "fwd"
 """
-    server = smtpd(any_root, conf)
+    server = smtpd(any_root, conf, backends)
     server.start(ready_tables=("seed",), port=port)
     # check: rcpt-to <seed> matches gilles@poolp.org
     assert send(port, "a@client.test", "gilles@poolp.org").accepted
@@ -107,7 +107,7 @@ def test_credentials_smtp_auth(chroot_root: Root, workdir, smtpd, sink) -> None:
     host, inside = workdir(chroot_root)
     (host / "creds").write_text(f"alice {_crypt(chroot_root, 'Correct-Horse')}\n")
     _pki(chroot_root)
-    chroot_root.install_backend("pyos-map", MAPPING)
+    backends = {"pyos-map": MAPPING}
     port = free_port()
     conf = f"""
 pki mx.test cert "/etc/ssl/pyos-e2e.crt"
@@ -117,7 +117,7 @@ listen on 127.0.0.1 port {port} tls pki mx.test auth <creds> hostname mx.test
 action "out" relay host smtp://127.0.0.1:{sink.port}
 match from any auth for domain "example.net" action "out"
 """
-    server = smtpd(chroot_root, conf)
+    server = smtpd(chroot_root, conf, backends)
     server.start(ready_tables=("creds",), port=port)
     ok = send(port, "alice@client.test", "bob@example.net", starttls=True,
               auth=("alice", "Correct-Horse"))

@@ -1,0 +1,151 @@
+"""The 2020 table-procexec dialect (table-protocols.md §2 and §4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from opensmtpd.table import procexec2020
+from opensmtpd.table.events import Failed, Found, Malformed, NotFound, Op, Request, Updated
+from opensmtpd.table.procexec2020 import TableSide, parse_reply, parse_request
+from opensmtpd.table.services import Service
+
+TS = "1590480000.123456"
+ID = "0000002a5f3c9e11"
+
+
+# --- requests: table-procexec @93055be9 (no table name) --------------------------------
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (f"table|0.1|{TS}|lookup|{ID}|alias|root",
+     Request(Op.LOOKUP, ID, "", Service.ALIAS, "root", "alias")),
+    (f"table|0.1|{TS}|check|{ID}|mailaddr|gilles@poolp.org",
+     Request(Op.CHECK, ID, "", Service.MAILADDR, "gilles@poolp.org", "mailaddr")),
+    (f"table|0.1|{TS}|fetch|{ID}|source",
+     Request(Op.FETCH, ID, "", Service.SOURCE, None, "source")),
+    (f"table|0.1|{TS}|update|{ID}", Request(Op.UPDATE, ID, "")),
+])
+def test_procexec_shape_op_then_id_then_service(line: str, expected: Request) -> None:
+    assert parse_request(line) == expected
+
+
+# --- requests: py/go-opensmtpd HEAD (table name before the op) --------------------------
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (f"table|0.1|{TS}|mytable|lookup|{ID}|alias|root",
+     Request(Op.LOOKUP, ID, "mytable", Service.ALIAS, "root", "alias")),
+    (f"table|0.1|{TS}|mytable|check|{ID}|domain|example.org",
+     Request(Op.CHECK, ID, "mytable", Service.DOMAIN, "example.org", "domain")),
+    (f"table|0.1|{TS}|mytable|fetch|{ID}|relayhost",
+     Request(Op.FETCH, ID, "mytable", Service.RELAYHOST, None, "relayhost")),
+    (f"table|0.1|{TS}|mytable|update|{ID}", Request(Op.UPDATE, ID, "mytable")),
+])
+def test_head_shape_with_table_name(line: str, expected: Request) -> None:
+    assert parse_request(line) == expected
+
+
+def test_key_with_pipes_is_rejoined() -> None:
+    event = parse_request(f"table|0.1|{TS}|check|{ID}|mailaddr|a|b@example.org")
+    assert isinstance(event, Request)
+    assert event.key == "a|b@example.org"
+    event = parse_request(f"table|0.1|{TS}|t|check|{ID}|mailaddr|a|b@example.org")
+    assert isinstance(event, Request)
+    assert (event.table, event.key) == ("t", "a|b@example.org")
+
+
+def test_unknown_service_is_kept_raw() -> None:
+    event = parse_request(f"table|0.1|{TS}|lookup|{ID}|bogus|root")
+    assert isinstance(event, Request)
+    assert event.service is None
+    assert event.raw_service == "bogus"
+
+
+@pytest.mark.parametrize("line", [
+    "garbage",
+    f"table|0.1|{TS}|update",
+    f"table|0.1|{TS}|frobnicate|{ID}|alias|root",
+    f"table|0.1|{TS}|lookup||alias|root",
+])
+def test_malformed_without_id(line: str) -> None:
+    event = parse_request(line)
+    assert isinstance(event, Malformed)
+    assert event.id is None
+
+
+@pytest.mark.parametrize(("line", "op"), [
+    (f"table|0.2|{TS}|lookup|{ID}|alias|root", Op.LOOKUP),   # wrong version
+    (f"table|0.1|{TS}|lookup|{ID}|alias", Op.LOOKUP),        # no key
+    (f"table|0.1|{TS}|check|{ID}", Op.CHECK),                # no service
+])
+def test_malformed_with_id(line: str, op: Op) -> None:
+    event = parse_request(line)
+    assert isinstance(event, Malformed)
+    assert (event.id, event.op) == (ID, op)
+
+
+def test_request_builder_is_the_procexec_shape() -> None:
+    assert procexec2020.request(Op.LOOKUP, ID, Service.ALIAS, "root", TS) == (
+        f"table|0.1|{TS}|lookup|{ID}|alias|root\n".encode())
+    assert procexec2020.request(Op.FETCH, ID, Service.SOURCE, timestamp=TS) == (
+        f"table|0.1|{TS}|fetch|{ID}|source\n".encode())
+    assert procexec2020.request(Op.UPDATE, ID, timestamp=TS) == (
+        f"table|0.1|{TS}|update|{ID}\n".encode())
+
+
+# --- replies (§2 response lines, §4.2) ---------------------------------------------------
+
+@pytest.mark.parametrize(("op", "reply", "expected"), [
+    (Op.CHECK, Found(), f"table-result|{ID}|found\n"),
+    (Op.CHECK, NotFound(), f"table-result|{ID}|not-found\n"),
+    (Op.LOOKUP, Found("gilles@poolp.org"), f"table-result|{ID}|found|gilles@poolp.org\n"),
+    (Op.LOOKUP, NotFound(), f"table-result|{ID}|not-found\n"),
+    (Op.FETCH, Found("127.0.0.1"), f"table-result|{ID}|found|127.0.0.1\n"),
+    (Op.LOOKUP, Failed("anything"), f"table-result|{ID}|failure\n"),
+    (Op.CHECK, Failed("anything"), f"table-result|{ID}|failure\n"),
+    (Op.UPDATE, Updated(), f"table-result|{ID}|updated\n"),
+    (Op.UPDATE, Failed("x"), f"table-result|{ID}|failure\n"),
+    # replies that do not fit their op are failures, never a wrong success
+    (Op.UPDATE, NotFound(), f"table-result|{ID}|failure\n"),
+    (Op.LOOKUP, Updated(), f"table-result|{ID}|failure\n"),
+    (Op.LOOKUP, Found(), f"table-result|{ID}|failure\n"),
+    (Op.LOOKUP, Found("a\nb"), f"table-result|{ID}|failure\n"),
+])
+def test_reply_encoding(op: Op, reply: object, expected: str) -> None:
+    assert TableSide.reply(op, ID, reply) == expected.encode()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("op", "rest", "expected"), [
+    (Op.UPDATE, "updated", Updated()),
+    (Op.CHECK, "found", Found()),
+    (Op.CHECK, "not-found", NotFound()),
+    (Op.LOOKUP, "found|v", Found("v")),
+    (Op.FETCH, "found|127.0.0.1", Found("127.0.0.1")),
+    (Op.LOOKUP, "not-found", NotFound()),
+])
+def test_parse_reply(op: Op, rest: str, expected: object) -> None:
+    assert parse_reply(op, ID, f"table-result|{ID}|{rest}") == expected
+
+
+@pytest.mark.parametrize(("op", "line"), [
+    (Op.LOOKUP, f"table-result|{ID}|failure"),
+    (Op.LOOKUP, f"table-result|{'f' * 16}|found|v"),     # id mismatch
+    (Op.LOOKUP, f"lookup-result|{ID}|found|v"),          # not the 2020 prefix
+    (Op.LOOKUP, f"table-result|{ID}|found"),             # no value on lookup
+    (Op.UPDATE, f"table-result|{ID}|not-found"),
+    (Op.LOOKUP, "garbage"),
+])
+def test_parse_reply_failures(op: Op, line: str) -> None:
+    # procexec maps anything unexpected to -1; it never exits
+    assert isinstance(parse_reply(op, ID, line), Failed)
+
+
+def test_stream_split_and_coalesced() -> None:
+    side = TableSide()
+    data = (procexec2020.request(Op.LOOKUP, ID, Service.ALIAS, "root")
+            + procexec2020.request(Op.UPDATE, "00000000000000ff"))
+    side.receive_data(data[:10])
+    assert side.next_event() is None
+    side.receive_data(data[10:])
+    first, second = side.next_event(), side.next_event()
+    assert first == Request(Op.LOOKUP, ID, "", Service.ALIAS, "root", "alias")
+    assert second == Request(Op.UPDATE, "00000000000000ff", "")
+    assert side.next_event() is None
