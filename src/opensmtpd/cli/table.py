@@ -3,6 +3,7 @@
     opensmtpd-table [--protocol native|imsg|2020] [--table NAME] [--config ARG] \\
         -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
                               update | conform}
+    opensmtpd-table install procexec [--libexec DIR] [...]   (see docs/table-procexec.md)
 
 The action comes after the command: ``opensmtpd-table -- ./table.py lookup alias root``.
 Exit status: 0 found/ok, 1 not-found, 2 error reply, 3 smtpd would exit or hang, 64 usage.
@@ -71,8 +72,13 @@ def _service(name: str) -> Service:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["install"]:  # opensmtpd-table install procexec [...]
+        from ..procexec.install import main as install
+
+        return install(words[1:])
     try:
-        args, command, action, params = parse_args(sys.argv[1:] if argv is None else argv)
+        args, command, action, params = parse_args(words)
         service = _service(params[0]) if params else None
     except UsageError as exc:
         print(f"opensmtpd-table: {exc}", file=sys.stderr)
