@@ -3,14 +3,26 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 CHROOT := build/trixie
-APT_PACKAGES := opensmtpd opensmtpd-extras debootstrap openssl python3-venv ca-certificates
+APT_PACKAGES := opensmtpd opensmtpd-extras debootstrap openssl python3-venv ca-certificates \
+  python3-httpx prometheus python3-prometheus-client
+# table-consul's tests run Debian bullseye's consul 1.8.7, unpacked from its .deb (no install)
+CONSUL := build/consul/usr/bin/consul
+BULLSEYE := build/apt
+BULLSEYE_APT := -o Dir::Etc::sourcelist=$(CURDIR)/$(BULLSEYE)/sources.list \
+  -o Dir::Etc::sourceparts=- -o Dir::Etc::preferences=/dev/null \
+  -o Dir::Etc::preferencesparts=$(CURDIR)/$(BULLSEYE)/preferences.d \
+  -o Dir::State::Lists=$(CURDIR)/$(BULLSEYE)/lists -o Dir::Cache=$(CURDIR)/$(BULLSEYE)/cache \
+  -o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 
-.PHONY: demo test deps venv chroot lint bench clean
+.PHONY: demo demo-consul test deps venv chroot consul lint bench clean
 
 demo: deps venv
 	$(PY) examples/demo.py
 
-test: deps venv chroot lint
+demo-consul: deps venv
+	$(PY) examples/consul_demo.py
+
+test: deps venv chroot consul lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: venv
@@ -31,16 +43,43 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-chroot: $(CHROOT)/.installed
+chroot: $(CHROOT)/.installed $(CHROOT)/.httpx $(CHROOT)/.prometheus-client
 $(CHROOT)/.installed:
 	rm -rf $(CHROOT) && mkdir -p build
 	debootstrap --variant=minbase \
-	  --include=opensmtpd,opensmtpd-table-passwd,python3,ca-certificates \
+	  --include=opensmtpd,opensmtpd-table-passwd,python3,python3-httpx,python3-prometheus-client,ca-certificates \
 	  trixie $(CHROOT) http://deb.debian.org/debian
 	touch $@
 
-bench: deps venv chroot
+# table-consul runs under the chroot's python3 and needs httpx (chroots built before it)
+$(CHROOT)/.httpx: $(CHROOT)/.installed
+	chroot $(CHROOT) /usr/bin/python3 -c 'import httpx' 2>/dev/null || { \
+	  chroot $(CHROOT) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive chroot $(CHROOT) apt-get install -y -q python3-httpx; }
+	touch $@
+
+# filter-prometheus runs under the chroot's python3 and needs prometheus_client
+$(CHROOT)/.prometheus-client: $(CHROOT)/.installed
+	chroot $(CHROOT) /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || { \
+	  chroot $(CHROOT) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive chroot $(CHROOT) apt-get install -y -q python3-prometheus-client; }
+	touch $@
+
+consul: $(CONSUL)
+$(CONSUL):
+	rm -rf $(BULLSEYE) build/consul
+	mkdir -p $(BULLSEYE)/lists/partial $(BULLSEYE)/cache/archives/partial $(BULLSEYE)/preferences.d
+	echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main' \
+	  > $(BULLSEYE)/sources.list
+	apt-get $(BULLSEYE_APT) update -q
+	cd $(BULLSEYE) && apt-get $(BULLSEYE_APT) download consul
+	dpkg -x $(BULLSEYE)/consul_*.deb build/consul
+	$(CONSUL) version
+
+bench: deps venv chroot consul
 	$(PY) bench/table_lookups.py
+	$(PY) bench/filter_prometheus.py
+	$(PY) bench/consul_lookups.py
 
 clean:
 	rm -rf $(VENV) build
