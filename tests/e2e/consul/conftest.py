@@ -16,7 +16,7 @@ import pytest
 
 from opensmtpd.consul.install import wrapper_source
 from opensmtpd.consul.testing import Agent, Cluster, cluster, consul_binary, dev_agent
-from opensmtpd.testing import Outcome, Root, Smtpd, send
+from opensmtpd.testing import Outcome, Root, Smtpd, free_port, send
 
 ACL_TOKEN = "3c0ffee0-dead-4bee-8f00-000000e2e001"  # the harness's management token
 
@@ -68,6 +68,27 @@ def consul_cluster(consul_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
 # PYTHONPATH (smtpd passes its environment). The harness installs it under the root's
 # smtpd lock and removes it when smtpd stops: ``smtpd(root, conf, backends=BACKENDS)``.
 BACKENDS = {"consul": wrapper_source("/usr/bin/python3")}
+
+
+SEED_CONF = """
+table aliases consul:{config}
+listen on 127.0.0.1 port {port}
+action "out" relay host smtp://127.0.0.1:{sink}
+action "fwd" forward-only alias <aliases>
+match from any for domain "poolp.org" action "out"
+match from any for domain "seed.test" action "fwd"
+"""
+
+
+def start_seed_smtpd(smtpd: Callable[..., Smtpd], root: Root, config: str,
+                     sink_port: int) -> tuple[Smtpd, int]:
+    """The seed's scenario: <aliases> served by table-consul, aliases of seed.test
+    forwarded to poolp.org addresses, relayed to the sink. Returns (smtpd, its port)."""
+    port = free_port()
+    server = smtpd(root, SEED_CONF.format(config=config, port=port, sink=sink_port),
+                   backends=BACKENDS)
+    server.start(ready_tables=("aliases",), port=port)
+    return server, port
 
 
 def write_conf(host: Path, inside: str, name: str, text: str) -> str:

@@ -7,9 +7,9 @@ the cluster has no leader; after the new election a change is picked up as usual
 from __future__ import annotations
 
 from opensmtpd.consul.testing import Cluster
-from opensmtpd.testing import Root, free_port, send, wait_for
+from opensmtpd.testing import Root, send, wait_for
 
-from .conftest import BACKENDS, accepted_after_tempfails, synced, write_conf
+from .conftest import accepted_after_tempfails, start_seed_smtpd, synced, write_conf
 
 
 def test_leader_killed_mid_run(any_root: Root, workdir, smtpd, sink,
@@ -22,17 +22,7 @@ def test_leader_killed_mid_run(any_root: Root, workdir, smtpd, sink,
     config = write_conf(host, inside, "table-consul.conf",
                         f"store = consul\naddress = {follower.address}\nwait = 2s\n"
                         "retry_min = 100ms\nretry_max = 1s\n")
-    port = free_port()
-    conf = f"""
-table aliases consul:{config}
-listen on 127.0.0.1 port {port}
-action "out" relay host smtp://127.0.0.1:{sink.port}
-action "fwd" forward-only alias <aliases>
-match from any for domain "poolp.org" action "out"
-match from any for domain "seed.test" action "fwd"
-"""
-    server = smtpd(any_root, conf, backends=BACKENDS)
-    server.start(ready_tables=("aliases",), port=port)
+    server, port = start_seed_smtpd(smtpd, any_root, config, sink.port)
     accepted_after_tempfails(port, "root@seed.test")
     assert wait_for(synced(server, "aliases", index), 20), server.log()
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from opensmtpd.consul.testing import Agent
-from opensmtpd.testing import Outcome, Root, free_port, send, wait_for
+from opensmtpd.testing import Outcome, Root, send, wait_for
 
-from .conftest import BACKENDS, accepted_after_tempfails, synced, write_conf
+from .conftest import accepted_after_tempfails, start_seed_smtpd, synced, write_conf
 
 MAX_SENDS = 120  # bounded: ~30 s of attempts at most
 
@@ -21,17 +21,7 @@ def test_outage_stale_then_tempfail_then_fresh(any_root: Root, workdir, smtpd, s
                         f"store = consul\naddress = {consul.address}\nwait = 1s\n"
                         "timeout = 1s\nmax_staleness = 5s\nretry_min = 200ms\n"
                         "retry_max = 1s\n")
-    port = free_port()
-    conf = f"""
-table aliases consul:{config}
-listen on 127.0.0.1 port {port}
-action "out" relay host smtp://127.0.0.1:{sink.port}
-action "fwd" forward-only alias <aliases>
-match from any for domain "poolp.org" action "out"
-match from any for domain "seed.test" action "fwd"
-"""
-    server = smtpd(any_root, conf, backends=BACKENDS)
-    server.start(ready_tables=("aliases",), port=port)
+    server, port = start_seed_smtpd(smtpd, any_root, config, sink.port)
     pid = server.pid
     accepted_after_tempfails(port, "root@seed.test")
 

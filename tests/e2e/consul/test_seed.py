@@ -11,9 +11,9 @@ import pytest
 
 from opensmtpd.consul.store import EmbeddedStore
 from opensmtpd.consul.testing import Agent
-from opensmtpd.testing import Root, free_port, send, wait_for
+from opensmtpd.testing import Root, send, wait_for
 
-from .conftest import BACKENDS, accepted_after_tempfails, synced, write_conf
+from .conftest import accepted_after_tempfails, start_seed_smtpd, synced, write_conf
 
 
 class Store:
@@ -46,17 +46,7 @@ def test_put_changes_the_alias_without_restarting_smtpd(
         settings = f"database = {inside}/kv.sqlite3\n"
     kv.put("aliases/alias/postmaster", "ops@poolp.org")
     config = write_conf(host, inside, "table-consul.conf", settings)
-    port = free_port()
-    conf = f"""
-table aliases consul:{config}
-listen on 127.0.0.1 port {port}
-action "out" relay host smtp://127.0.0.1:{sink.port}
-action "fwd" forward-only alias <aliases>
-match from any for domain "poolp.org" action "out"
-match from any for domain "seed.test" action "fwd"
-"""
-    server = smtpd(any_root, conf, backends=BACKENDS)
-    server.start(ready_tables=("aliases",), port=port)
+    server, port = start_seed_smtpd(smtpd, any_root, config, sink.port)
     pid = server.pid
 
     accepted_after_tempfails(port, "postmaster@seed.test")
@@ -93,17 +83,7 @@ def test_kv_command_feeds_a_running_smtpd(host_root: Root, workdir, smtpd, sink)
     config = write_conf(host, inside, "table-consul.conf", f"database = {inside}/kv.sqlite3\n")
     command = [str(Path(sys.executable).parent / "table-consul"), "kv", "-c", config]
     subprocess.run([*command, "put", "aliases/alias/postmaster", "ops@poolp.org"], check=True)
-    port = free_port()
-    conf = f"""
-table aliases consul:{config}
-listen on 127.0.0.1 port {port}
-action "out" relay host smtp://127.0.0.1:{sink.port}
-action "fwd" forward-only alias <aliases>
-match from any for domain "poolp.org" action "out"
-match from any for domain "seed.test" action "fwd"
-"""
-    server = smtpd(host_root, conf, backends=BACKENDS)
-    server.start(ready_tables=("aliases",), port=port)
+    server, port = start_seed_smtpd(smtpd, host_root, config, sink.port)
     accepted_after_tempfails(port, "postmaster@seed.test")
     subprocess.run([*command, "put", "aliases/alias/root", "gilles@poolp.org"], check=True)
     index = EmbeddedStore(str(host / "kv.sqlite3")).list().index
