@@ -19,7 +19,6 @@ jitter on errors.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..table import Service, TempFail, matches
+from ..table.services import is_netaddr
 from .layout import KeyParser
 from .listing import Listing
 
@@ -65,21 +65,11 @@ def decode_value(raw: bytes | None) -> Value:
         return Invalid("value is not UTF-8")
 
 
-def _is_network(text: str) -> bool:
-    if text[:5] == "ipv6:":
-        text = text[5:]
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
-
-
 # Which entries can match a subject other than an equal one, per service: the rest are
 # found by the exact dict alone (keys and subjects are lower-case, as smtpd's are).
 _PATTERN_FILTERS: dict[Service, Callable[[str], bool]] = {
     Service.DOMAIN: lambda key: "*" in key,
-    Service.NETADDR: _is_network,
+    Service.NETADDR: is_netaddr,
     Service.MAILADDR: lambda key: True,
 }
 

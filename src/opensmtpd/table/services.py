@@ -79,7 +79,8 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _is_netaddr(text: str) -> bool:
+def is_netaddr(text: str) -> bool:
+    """An address or CIDR network as text_to_netaddr() reads it (``ipv6:`` prefix allowed)."""
     if text[:5].lower() == "ipv6:":
         text = text[5:]
     try:
@@ -124,7 +125,7 @@ def validate_value(service: Service, value: str) -> None:
         _check_userinfo(value)
     elif service in (Service.SOURCE,) and not _is_ip(value):
         raise InvalidValue(f"{service} value must be an IP address")
-    elif service is Service.NETADDR and not _is_netaddr(value):
+    elif service is Service.NETADDR and not is_netaddr(value):
         raise InvalidValue("netaddr value must be an address or CIDR network")
     elif service in (Service.DOMAIN, Service.ADDRNAME) and not _is_hostname(value):
         raise InvalidValue(f"{service} value must be a host name")
