@@ -1,0 +1,1 @@
+"""filter-prometheus: OpenSMTPD smtp-in and smtp-out activity as Prometheus metrics."""

@@ -1,0 +1,87 @@
+"""filter-prometheus: export smtp-in and smtp-out activity of OpenSMTPD to Prometheus.
+
+    filter "prometheus" proc-exec "filter-prometheus -exporter 127.0.0.1:13742"
+    listen on 0.0.0.0 filter "prometheus"
+    action "out" relay filter "prometheus"
+
+Built on the public opensmtpd.filter API. It never exits on its own while smtpd runs
+(smtpd would exit too): bad arguments are logged and replaced by the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from opensmtpd import __version__
+from opensmtpd.filter import Filter
+from opensmtpd.filter.runtime import setup_logging
+
+from .exporter import DEFAULT_ADDRESS, Exporter, parse_address
+from .metrics import SmtpdMetrics
+
+log = logging.getLogger("opensmtpd.prometheus")
+DEFAULT_MAX_SESSIONS = 100_000
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="filter-prometheus", description="OpenSMTPD filter exporting metrics to "
+        "Prometheus (run by smtpd: filter NAME proc-exec \"filter-prometheus …\").")
+    p.add_argument("-exporter", "--exporter", default=DEFAULT_ADDRESS, metavar="HOST:PORT",
+                   help=f"where to serve /metrics (default {DEFAULT_ADDRESS})")
+    p.add_argument("-max-sessions", "--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
+                   metavar="N", help="sessions tracked at most; the oldest is dropped past "
+                   f"it (default {DEFAULT_MAX_SESSIONS})")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    """The options; what is wrong is logged and defaulted (exiting would stop smtpd)."""
+    p = parser()
+    try:
+        args, unknown = p.parse_known_args(argv)
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help, --version: a human at a terminal
+            raise
+        log.error("invalid arguments %s: using the defaults", argv)
+        args, unknown = p.parse_known_args([])
+    if unknown:
+        log.error("ignoring unknown arguments: %s", " ".join(unknown))
+    try:
+        args.address = parse_address(args.exporter)
+    except ValueError as exc:
+        log.error("-exporter: %s; using %s", exc, DEFAULT_ADDRESS)
+        args.address = parse_address(DEFAULT_ADDRESS)
+    if args.max_sessions < 1:
+        log.error("-max-sessions must be at least 1; using %d", DEFAULT_MAX_SESSIONS)
+        args.max_sessions = DEFAULT_MAX_SESSIONS
+    return args
+
+
+def build(max_sessions: int = DEFAULT_MAX_SESSIONS) -> tuple[Filter, SmtpdMetrics,
+                                                              CollectorRegistry]:
+    f = Filter("prometheus", max_sessions=max_sessions)
+    metrics = SmtpdMetrics()
+    metrics.attach(f)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.collector)
+    ProcessCollector(registry=registry)
+    return f, metrics, registry
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging("prometheus")
+    args = options(sys.argv[1:] if argv is None else argv)
+    f, _, registry = build(args.max_sessions)
+    host, port = args.address
+    Exporter(host, port, registry).start()
+    f.run()
+
+
+if __name__ == "__main__":
+    main()

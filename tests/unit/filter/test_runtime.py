@@ -1,0 +1,267 @@
+"""The runtime as smtpd runs it: a child process with one socket on fd 0 and fd 1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from . import transcripts
+
+PYTHON = sys.executable
+HANDSHAKE = ("config|smtpd-version|7.6.0-portable\nconfig|protocol|0.7\n"
+             "config|subsystem|smtp-in\nconfig|admd|vm\nconfig|ready\n")
+
+
+class Child:
+    """A filter started like smtpd does: fd 0 and 1 are one end of a socketpair."""
+
+    def __init__(self, script: Path, stderr: Path) -> None:
+        self.sock, theirs = socket.socketpair()
+        with open(stderr, "wb") as err:
+            self.proc = subprocess.Popen([str(script)], stdin=theirs, stdout=theirs, stderr=err)
+        theirs.close()
+        self.stderr = stderr
+        self.buffer = b""
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode("utf-8", "surrogateescape"))
+
+    def lines(self, count: int, timeout: float = 10.0) -> list[str]:
+        """The next ``count`` lines (fewer if none come within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self.buffer.count(b"\n") < count and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            self.buffer += data
+        got = []
+        while len(got) < count and b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            got.append(line.decode("utf-8", "surrogateescape"))
+        return got
+
+    def close(self) -> int:
+        self.sock.shutdown(socket.SHUT_WR)
+        rest = b""
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            rest += data
+        self.buffer += rest
+        code = self.proc.wait(10)
+        self.sock.close()
+        return code
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[Callable[[str], Child]]:
+    started: list[Child] = []
+
+    def start(body: str) -> Child:
+        script = tmp_path / f"filter{len(started)}.py"
+        script.write_text(f"#!{PYTHON}\n" + textwrap.dedent(body).lstrip("\n"))
+        script.chmod(0o755)
+        started.append(Child(script, tmp_path / f"stderr{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for c in started:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(5)
+        c.sock.close()
+
+
+ECHO = """
+    import sys
+    from opensmtpd.filter import Filter, reject
+
+    f = Filter()
+
+    @f.phase("connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data",
+             "quit", "commit")
+    def answer(session, query):
+        print("stray output", query.phase)  # must not reach smtpd
+        if query.phase == "mail-from" and query.param.startswith("boom"):
+            raise RuntimeError("handler bug")
+        if query.phase == "rcpt-to" and query.param.startswith("bad"):
+            return reject("550 5.1.1 no")
+
+    @f.report("*")
+    def seen(session, event):
+        if event.name == "tx-mail":
+            1 / 0
+
+    @f.data_line
+    def line(session, text):
+        return None
+
+    f.run()
+"""
+
+
+def test_real_7_6_run_answered_exactly(child: Callable[[str], Child]) -> None:
+    run = transcripts.runs("7.6")[0]
+    c = child(ECHO)
+    c.send("\n".join(run) + "\n")
+    queries = [line for line in run if line.startswith("filter|")]
+    registration = c.lines(12)
+    assert registration[0] == "register|report|smtp-in|*"
+    assert registration[-1] == "register|ready"
+    answers = c.lines(len(queries))
+    assert c.close() == 0
+    assert c.buffer == b""  # nothing more than one answer per query
+    assert len(answers) == len(queries)
+    for query, got in zip(queries, answers, strict=True):
+        fields = query.split("|", 7)
+        kind = "filter-dataline" if fields[4] == "data-line" else "filter-result"
+        assert got.startswith(f"{kind}|{fields[5]}|{fields[6]}|"), (query, got)
+        if kind == "filter-dataline":
+            assert got.split("|", 3)[3] == fields[7]
+        elif fields[4] != "rcpt-to" or not fields[7].startswith("bad"):
+            assert got.endswith("|proceed")
+    log = c.log()
+    assert "stray output" in log  # print() went to stderr
+    assert "ZeroDivisionError" in log
+
+
+def test_handler_failure_then_policy_and_still_alive(child: Callable[[str], Child]) -> None:
+    c = child(ECHO)
+    c.send(HANDSHAKE)
+    assert c.lines(12)[-1] == "register|ready"
+    c.send("filter|0.7|1.000001|smtp-in|mail-from|aaaaaaaaaaaaaaaa|bbbbbbbbbbbbbbbb|boom@x\n")
+    assert c.lines(1) == ["filter-result|aaaaaaaaaaaaaaaa|bbbbbbbbbbbbbbbb|proceed"]
+    c.send("filter|0.7|1.000001|smtp-in|rcpt-to|aaaaaaaaaaaaaaaa|bbbbbbbbbbbbbbbb|bad@x\n")
+    assert c.lines(1) == ["filter-result|aaaaaaaaaaaaaaaa|bbbbbbbbbbbbbbbb|reject|550 5.1.1 no"]
+    c.send("garbage\nreport|0.7|1.0|smtp-in|tx-mail|aaaaaaaaaaaaaaaa|x|ok|a@b\n")
+    time.sleep(0.3)
+    assert c.proc.poll() is None  # only EOF ends a filter
+    assert c.close() == 0
+    assert "RuntimeError" in c.log() and "unparsed line" in c.log()
+
+
+def test_invalid_utf8_and_long_lines(child: Callable[[str], Child]) -> None:
+    c = child(ECHO)
+    c.send(HANDSHAKE)
+    c.lines(12)
+    long = "é" * 40000  # 80 KB of UTF-8 on a 0.7 line: cut under 64 KiB
+    raw = (b"filter|0.7|1.0|smtp-in|data-line|aaaaaaaaaaaaaaaa|bbbbbbbbbbbbbbbb|\xff\xfe ok\n"
+           + f"filter|0.7|1.0|smtp-in|data-line|aaaaaaaaaaaaaaaa|bbbbbbbbbbbbbbbb|{long}\n"
+           .encode())
+    c.sock.sendall(raw)
+    first, *pieces = c.lines(3)
+    assert first.encode("utf-8", "surrogateescape").endswith(b"|\xff\xfe ok")
+    assert all(len(p.encode()) <= 65535 for p in pieces)
+    assert "".join(p.split("|", 3)[3] for p in pieces) == long
+    assert c.close() == 0
+
+
+ASYNC = """
+    import asyncio
+    from opensmtpd.filter import Filter, reject
+
+    f = Filter(deadline=2.0, on_error="tempfail")
+
+    @f.phase("helo")
+    async def helo(session, query):
+        await asyncio.sleep({"slow": 1.0, "stuck": 30}.get(query.param, 0))
+        return reject("550 5.7.1 " + query.param)
+
+    f.run()
+"""
+
+
+def test_async_sessions_run_concurrently(child: Callable[[str], Child]) -> None:
+    c = child(ASYNC)
+    c.send(HANDSHAKE)
+    c.lines(3)
+    c.send("filter|0.7|1.0|smtp-in|helo|aaaaaaaaaaaaaaaa|0000000000000001|slow\n"
+           "filter|0.7|1.0|smtp-in|helo|bbbbbbbbbbbbbbbb|0000000000000001|fast\n")
+    assert c.lines(2) == [
+        "filter-result|bbbbbbbbbbbbbbbb|0000000000000001|reject|550 5.7.1 fast",
+        "filter-result|aaaaaaaaaaaaaaaa|0000000000000001|reject|550 5.7.1 slow"]
+    started = time.monotonic()
+    c.send("filter|0.7|1.0|smtp-in|helo|cccccccccccccccc|0000000000000001|stuck\n")
+    assert c.lines(1, timeout=10) == [
+        "filter-result|cccccccccccccccc|0000000000000001|reject|451 4.3.0 Temporary failure "
+        "in a mail filter, try again later"]
+    assert 1.5 < time.monotonic() - started < 8
+    assert c.close() == 0
+
+
+SEED_STYLE = """
+    from opensmtpd import filter
+
+    def connected(session, event):
+        session.state["rdns"] = event.rdns
+
+    def mail_from(session, query):
+        if session.state.get("rdns") == "<unknown>":
+            return filter.reject("550 5.7.1 no rDNS")
+
+    filter.on_report("link-connect", connected)
+    filter.on_filter("mail-from", mail_from)
+    filter.dispatch()
+"""
+
+
+def test_seed_style_callback_api(child: Callable[[str], Child]) -> None:
+    c = child(SEED_STYLE)
+    c.send(HANDSHAKE)
+    assert c.lines(4) == ["register|report|smtp-in|link-connect",
+                          "register|report|smtp-in|link-disconnect",
+                          "register|filter|smtp-in|mail-from", "register|ready"]
+    c.send("report|0.7|1.0|smtp-in|link-connect|aaaaaaaaaaaaaaaa|<unknown>|pass|1.2.3.4:5|"
+           "6.7.8.9:25\n"
+           "report|0.7|1.0|smtp-in|link-connect|bbbbbbbbbbbbbbbb|ok.test|pass|1.2.3.4:6|"
+           "6.7.8.9:25\n"
+           "filter|0.7|1.0|smtp-in|mail-from|aaaaaaaaaaaaaaaa|0000000000000001|a@b\n"
+           "filter|0.7|1.0|smtp-in|mail-from|bbbbbbbbbbbbbbbb|0000000000000001|a@b\n")
+    assert c.lines(2) == [
+        "filter-result|aaaaaaaaaaaaaaaa|0000000000000001|reject|550 5.7.1 no rDNS",
+        "filter-result|bbbbbbbbbbbbbbbb|0000000000000001|proceed"]
+    assert c.close() == 0
+
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "filter_example.py"
+
+
+def test_example_filter(child: Callable[[str], Child]) -> None:
+    c = child(EXAMPLE.read_text().split("\n", 1)[1])  # the venv's python, same file
+    c.send(HANDSHAKE)
+    assert c.lines(7) == ["register|report|smtp-in|link-connect",
+                          "register|report|smtp-in|link-disconnect",
+                          "register|filter|smtp-in|mail-from", "register|filter|smtp-in|rcpt-to",
+                          "register|filter|smtp-in|data-line", "register|filter|smtp-in|commit",
+                          "register|ready"]
+    sid, tok = "aaaaaaaaaaaaaaaa", "0000000000000001"
+    c.send(f"report|0.7|1.0|smtp-in|link-connect|{sid}|<unknown>|pass|1.2.3.4:5|6.7.8.9:25\n"
+           f"filter|0.7|1.0|smtp-in|mail-from|{sid}|{tok}|a@b.test\n"
+           f"filter|0.7|1.0|smtp-in|rcpt-to|{sid}|{tok}|SpamTrap@x.test\n"
+           f"filter|0.7|1.0|smtp-in|data-line|{sid}|{tok}|..body\n"
+           f"filter|0.7|1.0|smtp-in|data-line|{sid}|{tok}|.\n"
+           f"filter|0.7|1.0|smtp-in|commit|{sid}|{tok}|\n")
+    assert c.lines(6) == [
+        f"filter-result|{sid}|{tok}|reject|451 4.7.1 No reverse DNS: try again later",
+        f"filter-result|{sid}|{tok}|reject|550 5.1.1 No such user",
+        f"filter-dataline|{sid}|{tok}|X-Filtered-Session: {sid}",
+        f"filter-dataline|{sid}|{tok}|..body",
+        f"filter-dataline|{sid}|{tok}|.",
+        f"filter-result|{sid}|{tok}|proceed"]
+    assert c.close() == 0
+    assert "connection from 1.2.3.4:5 (<unknown>)" in c.log()
