@@ -14,13 +14,10 @@ BULLSEYE_APT := -o Dir::Etc::sourcelist=$(CURDIR)/$(BULLSEYE)/sources.list \
   -o Dir::State::Lists=$(CURDIR)/$(BULLSEYE)/lists -o Dir::Cache=$(CURDIR)/$(BULLSEYE)/cache \
   -o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 
-.PHONY: demo demo-consul test deps venv chroot consul lint bench clean
+.PHONY: demo test deps venv chroot consul lint bench clean
 
 demo: deps venv
 	$(PY) examples/demo.py
-
-demo-consul: deps venv
-	$(PY) examples/consul_demo.py
 
 test: deps venv chroot consul lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
