@@ -24,7 +24,7 @@ SUBCOMMANDS = ("kv", "check", "install")
 
 
 def serve(config_path: str | None) -> int:
-    from ..table.runtime import setup_logging
+    from ..stdio import setup_logging
     from .backend import build_table
 
     setup_logging()

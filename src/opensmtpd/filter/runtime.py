@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,31 +25,15 @@ from .protocol import FilterSide, encode
 if TYPE_CHECKING:
     from .app import Filter
 
+from ..stdio import private_stdout
+from ..stdio import setup_logging as _setup_logging
+
 log = logging.getLogger("opensmtpd.filter")
 READ_SIZE = 1 << 16
 
 
 def setup_logging(name: str | None = None) -> None:
-    root = logging.getLogger("opensmtpd")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        label = f"filter {name}" if name else "opensmtpd.filter"
-        handler.setFormatter(logging.Formatter(f"{label}[%(process)d]: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(os.environ.get("OPENSMTPD_LOG_LEVEL", "INFO").upper())
-
-
-def private_stdout() -> int:
-    """Keep fd 1 for the protocol only: stray output goes to stderr, not to smtpd."""
-    sys.stdout.flush()
-    protocol = os.dup(1)
-    try:
-        os.dup2(2, 1)
-    except OSError:  # no stderr: discard stray output rather than corrupt the protocol
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.close(devnull)
-    return protocol
+    _setup_logging(f"filter {name}" if name else "opensmtpd.filter")
 
 
 class Runtime:

@@ -16,12 +16,12 @@ import asyncio
 import logging
 import os
 import stat
-import sys
 import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from ..stdio import private_stdout, relabel_logging, setup_logging
 from . import imsg, native, procexec2020
 from .backend import Table, describe
 from .events import REPLY_TYPES, Event, Failed, Hello, Ignored, Malformed, Op, Reply, Request
@@ -67,15 +67,6 @@ def make_codec(protocol: str) -> Codec:
     if protocol == "imsg":
         return imsg.TableSide(os.getpid())
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-
-
-def setup_logging() -> None:
-    root = logging.getLogger("opensmtpd")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(name)s[%(process)d]: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(os.environ.get("OPENSMTPD_LOG_LEVEL", "INFO").upper())
 
 
 class Server:
@@ -144,7 +135,7 @@ class Server:
     def serve(self) -> None:
         setup_logging()
         if self.outfd == 1:
-            self.outfd = _private_stdout()
+            self.outfd = private_stdout()
         first = self._read()
         if not first:
             return
@@ -184,7 +175,7 @@ class Server:
         assert self.codec is not None
         if isinstance(event, Hello):
             if event.table:
-                _name_logger(event.table)
+                relabel_logging(f"table {event.table}")
             if isinstance(self.codec, native.TableSide):
                 try:
                     self._write(self.codec.registration(self.table.services))
@@ -285,31 +276,11 @@ class Server:
                         self._spawn_reader()
 
 
-def _private_stdout() -> int:
-    """Keep fd 1 for the protocol only: a handler's print() goes to stderr, not to smtpd."""
-    sys.stdout.flush()
-    protocol = os.dup(1)
-    try:
-        os.dup2(2, 1)
-    except OSError:  # no stderr: discard stray output rather than corrupt the protocol
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.close(devnull)
-    return protocol
-
-
 def _is_socket(fd: int) -> bool:
     try:
         return stat.S_ISSOCK(os.fstat(fd).st_mode)
     except OSError:
         return False
-
-
-def _name_logger(table: str) -> None:
-    root = logging.getLogger("opensmtpd")
-    for handler in root.handlers:
-        handler.setFormatter(logging.Formatter(
-            f"table {table}[%(process)d]: %(message)s"))
 
 
 def serve(table: Table, *, protocol: str | None = None, infd: int = 0, outfd: int = 1) -> None:
