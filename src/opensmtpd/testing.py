@@ -96,6 +96,29 @@ class Root:
                 break
             directory.chmod(directory.stat().st_mode | 0o755)
 
+    def run(self, *command: str) -> str:
+        """Run a command inside the root; its stdout."""
+        argv = ["chroot", str(self.path), *command] if self.chrooted else list(command)
+        return subprocess.run(argv, capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+
+    def crypt(self, password: str) -> str:
+        """A crypt(3) hash for a credentials table (``smtpctl encrypt``)."""
+        return self.run("/usr/sbin/smtpctl", "encrypt", password).strip()
+
+    def pki(self) -> tuple[str, str]:
+        """A self-signed certificate and key for mx.test (paths inside the root).
+
+        STARTTLS and so AUTH work on 7.6; Debian 12's 6.8 cannot do inbound TLS.
+        """
+        crt, key = "/etc/ssl/pyos-e2e.crt", "/etc/ssl/pyos-e2e.key"
+        if not self.host(crt).exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-days", "2", "-subj", "/CN=mx.test", "-keyout", str(self.host(key)),
+                            "-out", str(self.host(crt))], check=True, capture_output=True)
+            self.host(key).chmod(0o600)
+        return crt, key
+
     def smtpd_env(self) -> dict[str, str]:
         """smtpd passes its environment to tables: this lets them import the library."""
         return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": self.lib,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from opensmtpd.testing import Root, free_port, port_open
+from opensmtpd.testing import free_port, port_open
 
 from ..paths import REPO
 
@@ -144,25 +144,6 @@ def wait_exporter(port: int, timeout: float = 20.0) -> bytes:
                 return body
         time.sleep(0.1)
     raise AssertionError(f"filter-prometheus not serving on 127.0.0.1:{port}")
-
-
-def pki(root: Root) -> tuple[str, str]:
-    """A self-signed certificate for mx.test inside the root (7.6: STARTTLS works)."""
-    crt, key = root.host("/etc/ssl/pyos-e2e.crt"), root.host("/etc/ssl/pyos-e2e.key")
-    if not crt.exists():
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=mx.test", "-keyout", str(key), "-out", str(crt)],
-                       check=True, capture_output=True)
-        key.chmod(0o600)
-    return "/etc/ssl/pyos-e2e.crt", "/etc/ssl/pyos-e2e.key"
-
-
-def crypt(root: Root, password: str) -> str:
-    cmd = ["/usr/sbin/smtpctl", "encrypt", password]
-    if root.chrooted:
-        cmd = ["chroot", str(root.path), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True,
-                          timeout=30).stdout.strip()
 
 
 class IdleClient:

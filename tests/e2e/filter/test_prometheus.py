@@ -18,7 +18,7 @@ from pathlib import Path
 
 from opensmtpd.testing import Root, Smtpd, free_port, send, wait_for
 
-from .conftest import FILTER_CMD, IdleClient, crypt, pki, promtool, scrape, wait_exporter
+from .conftest import FILTER_CMD, IdleClient, promtool, scrape, wait_exporter
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "ops" / "grafana" / "opensmtpd-dashboard.json"
 
@@ -57,9 +57,9 @@ def _conf(site: Site, sink_port: int) -> str:
     listener = f"listen on 127.0.0.1 port {site.port} filter incoming"
     head = ""
     if site.root.chrooted:  # 7.6: inbound TLS works, so AUTH is offered
-        crt, key = pki(site.root)
+        crt, key = site.root.pki()
         head = (f'pki mx.test cert "{crt}"\npki mx.test key "{key}"\n'
-                f'table creds {{ alice = "{crypt(site.root, "Correct-Horse")}" }}\n')
+                f'table creds {{ alice = "{site.root.crypt("Correct-Horse")}" }}\n')
         listener += " tls pki mx.test auth-optional <creds> hostname mx.test"
     return head + f"""
 filter nospam phase mail-from match mail-from regex "^spam@" reject "550 5.7.1 No spam here"

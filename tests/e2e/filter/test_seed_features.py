@@ -14,7 +14,7 @@ import ssl
 from opensmtpd.testing import Outcome, Root, free_port, wait_for
 
 from ..table.backends import MAPPING
-from .conftest import FILTER_CMD, crypt, metric, pki, scrape, wait_exporter
+from .conftest import FILTER_CMD, metric, scrape, wait_exporter
 
 
 def send_from(source: str, port: int, sender: str, rcpt: str,
@@ -48,10 +48,10 @@ def test_trusted_bypass_and_auth_only(any_root: Root, workdir, smtpd, sink) -> N
     listener = f"listen on 127.0.0.1 port {port} filter incoming"
     head = ""
     if any_root.chrooted:
-        crt, key = pki(any_root)
+        crt, key = any_root.pki()
         head = (f'pki mx.test cert "{crt}"\npki mx.test key "{key}"\n'
-                f'table creds {{ alice = "{crypt(any_root, "Alice-Pass")}", '
-                f'bob = "{crypt(any_root, "Bob-Pass")}" }}\n')
+                f'table creds {{ alice = "{any_root.crypt("Alice-Pass")}", '
+                f'bob = "{any_root.crypt("Bob-Pass")}" }}\n')
         listener += " tls pki mx.test auth-optional <creds> hostname mx.test"
     conf = head + f"""
 table trusted pyos-map:{inside}/trusted

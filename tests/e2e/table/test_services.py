@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from opensmtpd.testing import Root, free_port, maildir_messages, send, wait_for
@@ -86,27 +85,11 @@ match from any for domain "seed.test" action "fwd"
     assert server.running()
 
 
-def _crypt(root: Root, password: str) -> str:
-    cmd = ["/usr/sbin/smtpctl", "encrypt", password]
-    if root.chrooted:
-        cmd = ["chroot", str(root.path), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _pki(root: Root) -> None:
-    crt, key = root.host("/etc/ssl/pyos-e2e.crt"), root.host("/etc/ssl/pyos-e2e.key")
-    if not crt.exists():
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=mx.test", "-keyout", str(key), "-out", str(crt)],
-                       check=True, capture_output=True)
-        key.chmod(0o600)
-
-
 def test_credentials_smtp_auth(chroot_root: Root, workdir, smtpd, sink) -> None:
     """SMTP AUTH against a Python credentials table (7.6: Debian 12's 6.8 has no inbound TLS)."""
     host, inside = workdir(chroot_root)
-    (host / "creds").write_text(f"alice {_crypt(chroot_root, 'Correct-Horse')}\n")
-    _pki(chroot_root)
+    (host / "creds").write_text(f"alice {chroot_root.crypt('Correct-Horse')}\n")
+    chroot_root.pki()
     backends = {"pyos-map": MAPPING}
     port = free_port()
     conf = f"""
