@@ -33,6 +33,7 @@ from .lines import ENCODING, ERRORS, LineBuffer, decode, encode, one_line
 from .services import Service
 
 PROTOCOL_VERSION = "0.1"
+_CLIENT_SECRETS = (Service.AUTH, Service.CREDENTIALS)
 _OPS = {op.value: op for op in Op}
 _HEADS = {op: f"{op.value}-result|" for op in Op}
 _SERVICES = {service.value: service for service in Service}
@@ -43,7 +44,8 @@ def parse_request(line: str) -> Request | Malformed:
     """Parse one request line (without its newline)."""
     fields = line.split("|", 7)
     if len(fields) < 6 or fields[0] != "table":
-        return Malformed(f"not a table request: {line[:80]!r}")
+        # never quote the line: it may be the tail of a key carrying a password
+        return Malformed(f"not a table request ({len(line)} bytes, {line.count('|')} '|')")
     op = _OPS.get(fields[4])
     if op is None:
         return Malformed(f"unknown operation {fields[4][:40]!r}")
@@ -90,7 +92,7 @@ class TableSide:
                 line = buf[:end].decode(ENCODING, ERRORS)
                 del buf[:end + 1]
                 lines.truncated = False
-                return parse_request(line)
+                return self._whole(parse_request(line))
         raw = lines.next_line()
         if raw is None:
             return None
@@ -100,8 +102,26 @@ class TableSide:
             return Malformed(f"request longer than {len(line)} bytes",
                              id=getattr(result, "id", None), op=getattr(result, "op", None))
         if self.ready:
-            return parse_request(line)
+            return self._whole(parse_request(line))
         return self._handshake(line)
+
+    def _whole(self, event: Request | Malformed) -> Request | Malformed:
+        """Refuse a credentials key that smtpd < 7.8 split with a raw newline.
+
+        AUTH decodes base64, so a client can put ``\n`` in a username or password, and
+        smtpd 7.6/7.7 writes the key raw (table-protocols.md §3.3). smtpd sends one
+        request and waits, so bytes already queued behind such a request are the rest of
+        its key, not a request: answering them would be an unsolicited reply, fatal to
+        smtpd. Answer the request error and drop the rest without a reply or a log of it.
+        """
+        buf = self._lines._buf
+        if buf and isinstance(event, Request) and event.service in _CLIENT_SECRETS:
+            dropped = len(buf)
+            del buf[:]
+            return Malformed(f"{event.service} key followed by {dropped} more bytes: a newline "
+                             "in the client's credentials (smtpd < 7.8); dropped",
+                             id=event.id, op=event.op)
+        return event
 
     def _handshake(self, line: str) -> Event | None:
         if line == "config|ready":
@@ -111,7 +131,7 @@ class TableSide:
             return Hello(self.table, config.get("smtpd-version", ""), tuple(self._config))
         key, sep, value = line.partition("|")
         if key != "config" or not sep:
-            return Malformed(f"expected config|… during the handshake, got {line[:80]!r}")
+            return Malformed(f"expected config|… during the handshake, got {line[:20]!r}…")
         name, _, value = value.partition("|")
         self._config.append((name, value))
         return self.next_event()

@@ -21,7 +21,8 @@ _OPS = {op.value: op for op in Op}
 def parse_request(line: str) -> Request | Malformed:
     fields = line.split("|")
     if len(fields) < 5 or fields[0] != "table":
-        return Malformed(f"not a table request: {line[:80]!r}")
+        # never quote the line: it may be the tail of a key carrying a password
+        return Malformed(f"not a table request ({len(line)} bytes, {line.count('|')} '|')")
     # The HEAD libraries put the table name before the op; procexec did not.
     named = fields[3] not in _OPS and len(fields) > 5 and fields[4] in _OPS
     table = fields[3] if named else ""

@@ -215,7 +215,12 @@ class Server:
 
     def _reply(self, request: Request, reply: Reply) -> bytes:
         assert self.codec is not None
-        return self.codec.reply(request.op, request.id, reply)
+        try:
+            return self.codec.reply(request.op, request.id, reply)
+        except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
+            log.error("%s: answer cannot be encoded (%s), answering error", describe(request),
+                      type(exc).__name__)
+            return self.codec.reply(request.op, request.id, Failed("unencodable answer"))
 
     def _finish(self, request: Request, reply: Reply) -> None:
         """Write the reply unless the watchdog already answered this request."""
@@ -225,7 +230,7 @@ class Server:
                 log.warning("%s: late answer dropped (the deadline had passed)",
                             describe(request))
                 return
-            self._write(self.codec.reply(request.op, request.id, reply))  # type: ignore[union-attr]
+            self._write(self._reply(request, reply))
 
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:

@@ -65,7 +65,8 @@ def test_seed_scenario_embedded_store(tmp_path: Path, start: Started, protocol: 
     store.put("aliases/netaddr/192.0.2.0/24", b"")
     store.put("aliases/source/192.0.2.1", b"")
     store.put("aliases/source/192.0.2.2", b"")
-    assert wait_for(lambda: isinstance(driver.fetch(S.SOURCE), Found), 10)  # the last put
+    # fetch rotates: seeing 192.0.2.2, the last put, means every put above is synced
+    assert wait_for(lambda: driver.fetch(S.SOURCE) == Found("192.0.2.2"), 10)
     assert driver.check(S.DOMAIN, "mx.example.org") == Found()
     assert driver.check(S.DOMAIN, "example.org") == NotFound()
     assert driver.check(S.NETADDR, "192.0.2.9") == Found()

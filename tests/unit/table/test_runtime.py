@@ -399,3 +399,48 @@ def test_nothing_but_protocol_on_stdout(start: Started, make_backend: Callable[.
     assert "noise on stderr" in log
     assert "noise on stdout" in log  # a handler's print() is diverted to stderr
     assert "a log line" in log
+
+
+# --- found in review: replies that cannot be encoded, newlines inside client secrets ---
+
+HOSTILE = """
+from opensmtpd.table import Table
+
+table = Table()
+
+@table.lookup("string")
+def string(key):
+    return "\\ud800"  # a lone surrogate: no encoding can put it on the wire
+
+@table.check("auth")
+def auth(key):
+    return key == "alice:right-password"
+
+@table.lookup("alias")
+def alias(key):
+    return key + "@example.org"
+
+table.run()
+"""
+
+
+def test_unencodable_answer_is_an_error_and_the_table_lives(
+        start: Started, make_backend: Callable[..., Path]) -> None:
+    driver = start(make_backend(HOSTILE), protocol="native")
+    assert isinstance(driver.lookup(Service.STRING, "x"), Failed)
+    assert driver.lookup(Service.ALIAS, "root") == Found("root@example.org")
+
+
+def test_newline_in_auth_key_gets_one_reply_and_no_secret_in_the_log(
+        start: Started, make_backend: Callable[..., Path]) -> None:
+    """smtpd 7.6/7.7 writes an AUTH key with a raw newline: the tail must not be answered
+    (an unsolicited reply is fatal to smtpd) nor logged (it is part of a password)."""
+    driver = start(make_backend(HOSTILE), protocol="native")
+    crafted = (f"alice:{PASSWORD}\ntable|0.1|0|test|check|auth|00000000|alice:right-password")
+    driver.send_raw(native.request(Op.CHECK, "test", "5e6f7a8b", Service.AUTH, crafted))
+    reply = native.parse_reply(Op.CHECK, "5e6f7a8b", driver.read_line())
+    assert isinstance(reply, Failed)
+    assert not pending(driver.fd, 0.3)  # nothing for the crafted "00000000" request
+    assert driver.check(Service.AUTH, "alice:right-password") == Found()
+    driver.close()
+    assert PASSWORD not in start.stderr(driver)
