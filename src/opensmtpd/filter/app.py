@@ -504,7 +504,7 @@ class Filter:
             return registered.fn(*args)
         coro: Coroutine[Any, Any, Any] = registered.fn(*args)
         try:
-            return await asyncio.wait_for(coro, self.deadline)
+            return await asyncio.wait_for(_contained(coro), self.deadline)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no answer within {self.deadline:g}s") from None
 
@@ -559,3 +559,20 @@ class Filter:
 
 def _safe(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
+
+
+async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a handler so that SystemExit or CancelledError from it is a plain failure.
+
+    Raised inside a task, SystemExit stops the whole event loop (and the filter, and
+    smtpd with it), and CancelledError slips past ``except Exception``.
+    """
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and getattr(task, "cancelling", lambda: 0)():
+            raise  # cancelled from outside (the deadline): wait_for reports a timeout
+        raise RuntimeError("handler raised CancelledError") from None
+    except SystemExit:
+        raise RuntimeError("handler raised SystemExit") from None

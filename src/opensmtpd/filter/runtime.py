@@ -50,10 +50,10 @@ class Runtime:
             log.info("read error on fd %d (%s): treating as EOF", self.infd, exc)
             return b""
 
-    def write(self, lines: list[str]) -> None:
-        if not lines or self.closed:
+    def write(self, data: bytes) -> None:
+        if not data or self.closed:
             return
-        view = memoryview(encode("\n".join(lines) + "\n"))
+        view = memoryview(data)
         try:
             while view:
                 view = view[os.write(self.outfd, view):]
@@ -76,16 +76,17 @@ class Runtime:
             data = read()
             if not data:
                 return
-            out: list[str] = []
-            for event in receive(data):
-                try:
-                    lines = handle(event)
-                except Exception:  # a bug of ours: log it, never die (smtpd would too)
-                    log.exception("internal error on %s", type(event).__name__)
-                    lines = _emergency(self.app, event)
-                if lines:
-                    out += lines
-            self.write(out)
+            self.write(b"".join(self._answer(handle, event) for event in receive(data)))
+
+    def _answer(self, handle: Callable[[Event], list[str]], event: Event) -> bytes:
+        """The bytes for one event; a query gets exactly one answer whatever happens."""
+        try:
+            return _encode(handle(event))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # a bug, SystemExit, an unencodable string: never die
+            log.exception("internal error on %s", type(event).__name__)
+            return _encode(_emergency(self.app, event))
 
     async def _serve_async(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,11 +127,13 @@ class Runtime:
         if prev is not None:
             await asyncio.wait([prev])
         try:
-            lines = await self.app.handle_async(event)
-        except Exception:
+            data = _encode(await self.app.handle_async(event))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # incl. CancelledError, SystemExit: the query is answered
             log.exception("internal error on %s", type(event).__name__)
-            lines = _emergency(self.app, event)
-        self.write(lines)
+            data = _encode(_emergency(self.app, event))
+        self.write(data)
 
 
 def _key(event: Event) -> Any:
@@ -140,6 +143,10 @@ def _key(event: Event) -> Any:
     if isinstance(event, Malformed) and event.query is not None:
         return (event.query.subsystem, event.query.session)
     return None
+
+
+def _encode(lines: list[str]) -> bytes:
+    return encode("\n".join(lines) + "\n") if lines else b""
 
 
 def _emergency(app: Filter, event: Event) -> list[str]:

@@ -265,3 +265,43 @@ def test_example_filter(child: Callable[[str], Child]) -> None:
         f"filter-result|{sid}|{tok}|proceed"]
     assert c.close() == 0
     assert "connection from 1.2.3.4:5 (<unknown>)" in c.log()
+
+
+# Found in review: what used to escape the per-event guard and end the filter (and smtpd).
+HOSTILE = """
+    import asyncio
+    import sys
+    from opensmtpd.filter import Filter, reject
+
+    f = Filter()
+
+    @f.phase("mail-from")
+    {prefix}def answer(session, query):
+        if query.param.startswith("surrogate"):
+            return reject("550 5.7.1 blocked: \\ud83d")  # no encoding can send this
+        if query.param.startswith("exit"):
+            raise SystemExit(3)
+        if query.param.startswith("cancel"):
+            raise asyncio.CancelledError()
+        return None
+
+    f.run()
+"""
+
+
+@pytest.mark.parametrize("prefix", ["", "async "])
+def test_unencodable_exit_and_cancel_still_answered(child: Callable[[str], Child],
+                                                    prefix: str) -> None:
+    c = child(HOSTILE.replace("{prefix}", prefix))
+    c.send(HANDSHAKE)
+    registration = c.lines(5, timeout=3)
+    assert registration[-1] == "register|ready", registration
+    head = "filter|0.7|1.0|smtp-in|mail-from"
+    for number, param in enumerate(("surrogate@x", "exit@x", "cancel@x", "fine@x")):
+        session = f"{number:016x}"
+        c.send(f"{head}|{session}|00000000000000aa|{param}\n")
+        answer = c.lines(1)
+        assert answer and answer[0].startswith(f"filter-result|{session}|00000000000000aa|"), (
+            param, answer, c.log())
+    assert c.proc.poll() is None  # still serving smtpd
+    assert c.close() == 0
