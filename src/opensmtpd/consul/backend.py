@@ -139,3 +139,7 @@ def build_table(config_path: str | None) -> Table:
     except ConfigError as exc:
         log.error("configuration error: %s; answering every request with error", exc)
         return BrokenTable(f"configuration error: {exc}")
+    except Exception as exc:  # e.g. httpx missing: exiting would take smtpd 6.8 down
+        log.error("cannot start (%s: %s); answering every request with error",
+                  type(exc).__name__, exc)
+        return BrokenTable(f"cannot start: {type(exc).__name__}")

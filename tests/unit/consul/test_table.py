@@ -219,6 +219,21 @@ def test_build_table_reports_configuration_errors(tmp_path: Path) -> None:
     assert isinstance(reply, Failed) and f"{path}:1: consistency" in reply.reason
 
 
+def test_build_table_survives_a_missing_dependency(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception at start (httpx not installed for smtpd's python) is an error table,
+    not an exit: a table that exits takes smtpd 6.8 down."""
+    import opensmtpd.consul.backend as backend
+
+    def broken(config: object) -> None:
+        raise ModuleNotFoundError("No module named 'httpx'")
+
+    monkeypatch.setattr(backend, "ConsulTable", broken)
+    table = build_table(None)
+    assert isinstance(table, BrokenTable)
+    assert isinstance(table.answer(request(Op.LOOKUP, S.ALIAS, "root")), Failed)
+
+
 def test_main_without_arguments_on_a_terminal_prints_usage() -> None:
     result = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "kv" in result.stdout
