@@ -13,6 +13,7 @@ request ids (native, 2020) several may be in flight, on imsg they are answered i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import stat
@@ -32,6 +33,7 @@ PROTOCOLS = ("native", "imsg", "2020")
 _MAGIC = {"native": b"config|", "2020": b"table|", "imsg": imsg.HEADER.pack(
     imsg.PROC_TABLE_OPEN, 0, 0, 0, 0)[:4]}
 MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
+MAX_PENDING = 1024  # async handlers in flight before requests are refused outright
 _monotonic = time.monotonic
 
 
@@ -79,6 +81,7 @@ class Server:
         self.infd, self.outfd = infd, outfd
         self.codec: Codec | None = None
         self._abandoned: set[str] = set()  # sync requests answered by the watchdog
+        self._tasks: dict[str, concurrent.futures.Future[Reply]] = {}  # async, in flight
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[Request, float, bool]] = {}
         self._generation = 0
@@ -238,11 +241,17 @@ class Server:
         ordered = self.protocol == "imsg"  # no ids on imsg: replies in request order
         with self._lock:
             self._inflight[request.id] = (request, deadline, ordered)
+        if len(self._tasks) >= MAX_PENDING:
+            coro.close()
+            self._finish(request, Failed(f"{len(self._tasks)} async handlers pending"))
+            return
         future = asyncio.run_coroutine_threadsafe(coro, loop)
+        self._tasks[request.id] = future  # cancelled by the watchdog at the deadline
+        future.add_done_callback(lambda _: self._tasks.pop(request.id, None))
         if ordered:
             try:
                 reply = future.result()
-            except Exception as exc:
+            except (Exception, concurrent.futures.CancelledError) as exc:
                 reply = self.table.failure(request, exc)
             self._finish(request, reply)
             return
@@ -250,7 +259,7 @@ class Server:
         def done(fut: Any) -> None:
             try:
                 reply = fut.result()
-            except Exception as exc:
+            except (Exception, concurrent.futures.CancelledError) as exc:
                 reply = self.table.failure(request, exc)
             self._finish(request, reply)
 
@@ -267,6 +276,7 @@ class Server:
         tick = min(0.05, self.table.deadline / 10)
         while not self._done.wait(tick):
             now = time.monotonic()
+            cancel = []
             with self._lock:
                 # list(): a snapshot taken atomically, as _dispatch adds entries unlocked
                 late = [entry for entry in list(self._inflight.values()) if entry[1] <= now]
@@ -275,10 +285,15 @@ class Server:
                     log.error("%s: no answer within %.1fs, answering error", describe(request),
                               self.table.deadline)
                     self._write(self._reply(request, Failed("deadline exceeded")))
-                    if sync:
+                    task = self._tasks.pop(request.id, None)
+                    if task is not None:
+                        cancel.append(task)  # an async handler: free what it holds
+                    elif sync:
                         self._abandoned.add(request.id)
                         self._generation += 1
                         self._spawn_reader()
+            for task in cancel:  # outside the lock: cancel() runs the done callbacks here
+                task.cancel()
 
 
 def _is_socket(fd: int) -> bool:

@@ -444,3 +444,35 @@ def test_newline_in_auth_key_gets_one_reply_and_no_secret_in_the_log(
     assert driver.check(Service.AUTH, "alice:right-password") == Found()
     driver.close()
     assert PASSWORD not in start.stderr(driver)
+
+
+HANGING_ASYNC = """
+import asyncio
+import sys
+from opensmtpd.table import Table
+
+table = Table(deadline=0.3)
+
+@table.lookup("alias")
+async def alias(key):
+    try:
+        await asyncio.Event().wait()  # never set
+    finally:
+        print(f"released {key}", file=sys.stderr, flush=True)
+
+table.run()
+"""
+
+
+@pytest.mark.parametrize("protocol", ["native", "imsg"])
+def test_async_handler_past_its_deadline_is_cancelled(
+        start: Started, make_backend: Callable[..., Path], protocol: str) -> None:
+    """Answered error at the deadline, and the coroutine is cancelled: hung handlers do
+    not pile up (one per request) while the backend behind them is down."""
+    driver = start(make_backend(HANGING_ASYNC), protocol=protocol)
+    for number in range(3):
+        assert isinstance(driver.lookup(Service.ALIAS, f"k{number}"), Failed)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and start.stderr(driver).count("released") < 3:
+        time.sleep(0.05)
+    assert start.stderr(driver).count("released") == 3, start.stderr(driver)
