@@ -190,7 +190,8 @@ class Table:
                 reason = "temporary failure"
             log.warning("%s: temporary failure: %s", describe(request), reason)
             return Failed(reason)
-        detail = "" if request.service is Service.AUTH else f": {exc}"
+        # an exception's text may quote what the handler held: a password, a hash
+        detail = "" if request.service in (Service.AUTH, Service.CREDENTIALS) else f": {exc}"
         log.error("%s: handler raised %s%s", describe(request), type(exc).__name__, detail)
         return Failed(f"handler raised {type(exc).__name__}")
 

@@ -211,14 +211,15 @@ def parse_reply(op: Op, request_id: str, line: str) -> Reply:
     """Judge a reply line exactly as table_proc.c of smtpd 7.6 does (§3.4)."""
     prefix = f"{op.value}-result|{request_id}|"
     if not line.startswith(prefix):
-        raise ProtocolViolation(f"failed to parse reply {line[:80]!r} (expected {prefix!r}…)")
+        start = "|".join(line.split("|", 2)[:2])[:40]  # never the value: it may be a secret
+        raise ProtocolViolation(f"failed to parse reply {start!r}… (expected {prefix!r}…)")
     rest = line[len(prefix):]
     if op is Op.UPDATE:
         if rest == "ok":
             return Updated()
         if rest.startswith("error"):  # strncmp(r, "error", 5), as for the other ops
             return Failed(rest[6:] if rest[5:6] == "|" else "")
-        raise ProtocolViolation(f"failed parse reply {rest[:40]!r}")
+        raise ProtocolViolation(f"failed parse reply {_peek(rest)}")
     if rest == "not-found":
         return NotFound()
     if rest.startswith("error"):
@@ -226,9 +227,15 @@ def parse_reply(op: Op, request_id: str, line: str) -> Reply:
     if op is Op.CHECK:
         if rest.startswith("found"):
             return Found()
-        raise ProtocolViolation(f"failed to parse reply {rest[:40]!r}")
+        raise ProtocolViolation(f"failed to parse reply {_peek(rest)}")
     if not rest.startswith("found|"):
-        raise ProtocolViolation(f"failed to parse reply {rest[:40]!r}")
+        raise ProtocolViolation(f"failed to parse reply {_peek(rest)}")
     if not rest[6:]:
         raise ProtocolViolation("empty response")
     return Found(rest[6:])
+
+
+def _peek(rest: str) -> str:
+    """The start of a reply's result for an error message, never its value (a found
+    credentials value is a hash or a cleartext password): ``'found'…``."""
+    return repr(rest.replace(":", "|").split("|", 1)[0][:20]) + "…"

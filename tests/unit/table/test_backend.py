@@ -399,3 +399,17 @@ def test_describe_hides_auth_passwords_but_not_other_keys() -> None:
     assert "alice" in shown and PASSWORD not in shown
     assert "root" in describe(req(Op.LOOKUP, Service.ALIAS, "root"))
     assert describe(req(Op.UPDATE)) == "update"
+
+
+def test_credentials_handler_exception_text_is_not_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    table = Table()
+
+    @table.lookup("credentials")
+    def credentials(key: str) -> str:
+        raise ValueError("bad entry alice:$6$salt$SECRETHASH")
+
+    request = Request(Op.LOOKUP, "1", "creds", Service.CREDENTIALS, "alice")
+    with caplog.at_level(logging.DEBUG):
+        assert isinstance(table.answer(request), Failed)
+    assert "ValueError" in caplog.text and "SECRETHASH" not in caplog.text
