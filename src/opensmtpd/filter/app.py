@@ -338,7 +338,9 @@ class Filter:
     def _query(self, query: Query) -> list[str]:
         session = self.sessions.get(SMTP_IN, query.session)
         registered = self._phases.get(query.phase)
-        if registered is None:
+        if registered is None or (query.phase == "commit" and session.failed):
+            # a data handler failed under on_error="tempfail": refuse the message even
+            # when a commit handler exists (its lines went through unfiltered)
             return [self._answer(query, session, self._default(query, session))]
         try:
             decision = registered.fn(session, query)
@@ -513,6 +515,8 @@ class Filter:
         if registered is None or not registered.is_async:
             return self._query(query)
         session = self.sessions.get(SMTP_IN, query.session)
+        if query.phase == "commit" and session.failed:
+            return [self._answer(query, session, self._default(query, session))]
         try:
             decision = await self._await(registered, session, query)
         except Exception as exc:

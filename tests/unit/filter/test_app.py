@@ -384,6 +384,20 @@ def test_tempfail_policy_refuses_a_message_whose_filter_failed() -> None:
                         out_data("good"), out_data("."), answer("proceed")]
 
 
+def test_tempfail_policy_refuses_even_with_a_commit_handler() -> None:
+    """The commit handler would let the unfiltered message through: it is not asked."""
+    f = Filter(on_error="tempfail")
+    f.on_message(lambda s, lines: boom() if lines == ["bad"] else None)
+    asked: list[str] = []
+    f.phase("commit")(lambda s, query: asked.append(query.phase))
+    out = feed(f, [*HANDSHAKE_76, data("bad"), data("."), q("commit"),
+                   data("good"), data("."), q("commit")])
+    assert out[-6:] == [out_data("bad"), out_data("."),
+                        answer("reject|" + f.tempfail_reply),
+                        out_data("good"), out_data("."), answer("proceed")]
+    assert asked == ["commit"]  # only for the good message
+
+
 @pytest.mark.parametrize(("version", "limit", "count"), [("0.6", 2047, 3), ("0.7", 65535, 1)])
 def test_long_lines_kept_under_smtpd_limits(version: str, limit: int, count: int) -> None:
     f = Filter()
