@@ -18,8 +18,9 @@ import threading
 from ..table import Op, Request, Service, Table, TempFail
 from ..table.services import ALL_BUT_AUTH
 from .config import Config, ConfigError
-from .replica import Replica, Snapshot, Source, Watcher
+from .replica import Replica, Snapshot, Source
 from .store import EmbeddedSource
+from .watcher import Watcher
 
 log = logging.getLogger("opensmtpd.consul")
 

@@ -1,48 +1,75 @@
-"""A ready-made backend over a mapping, a list or a file in smtpd's ``file:`` format.
+"""A ready-made backend over a mapping, a list or a file in smtpd's ``file:`` format,
+answering exactly as smtpd's own static table with the same entries would (static.py).
 
-File format (table(5), table_static.c): one entry per line, ``#`` comments; a key, then
-white space or ``:`` , then the value (a mapping table) — or keys alone (a list table).
-Mixing both is an error, reported with the file and line. Keys are lower-cased, as smtpd
-does for its own static tables; CHECK uses smtpd's matching (wildcards, CIDR, mailaddr).
+File format, read as ``parse_table_line()`` of smtpd 7.x reads it: one entry per line,
+``#`` comments. The first entry decides the kind (``# @list`` before it forces a list): a
+mapping when it has a key, then white space or ``:``, then a value; a list otherwise. In
+a list every line is one whole key (separators included, as smtpd takes it; a warning
+names the line). In a mapping a line without a value is an error naming file and line,
+as it is for smtpd. A mapping key may be bracketed (``[::1] value``).
 """
 
 from __future__ import annotations
 
-import itertools
-import re
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .backend import Table
+from .backend import Table, TempFail
 from .events import Op, Request
-from .match import matches
+from .match import ascii_lower
 from .services import ALL_BUT_AUTH, Service
+from .static import StaticEntries
 
-_SEPARATOR = re.compile(r"[ \t:]")
+log = logging.getLogger("opensmtpd.table")
+_SEPARATORS = " \t:"
 
 
 class TableFileError(ValueError):
     """A table file smtpd would not load either; the message names file and line."""
 
 
+def _split(line: str) -> tuple[str, str] | None:
+    """(key, value) of a line as parse_table_line() cuts it; None if malformed."""
+    if line.startswith("["):
+        end = line.find("]")
+        if end < 0:
+            return None
+        cut = end + 1
+    else:
+        cut = next((i for i, c in enumerate(line) if c in _SEPARATORS), len(line))
+    return line[:cut], line[cut + 1:].lstrip(" \t")
+
+
 def parse_file(path: str | Path) -> dict[str, str | None]:
+    """The entries of a table file, keys lower-cased as smtpd loads them."""
     entries: dict[str, str | None] = {}
     kind = ""
     with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         for number, raw in enumerate(handle, 1):
             line = raw.strip()
-            if not line or line.startswith("#"):
+            if not line:
                 continue
-            match = _SEPARATOR.search(line)
-            key = line[: match.start()] if match else line
-            value = line[match.end():].lstrip(" \t:").strip() if match else ""
-            this = "mapping" if value else "list"
-            kind = kind or this
-            if this != kind:
-                raise TableFileError(f"{path}:{number}: {this} entry {key!r} in a {kind} table "
-                                     "(every line must have a value, or none must)")
-            entries[key.lower()] = value or None
+            if line.startswith("#"):
+                if not kind and line[1:].strip() == "@list":
+                    kind = "list"
+                continue
+            split = _split(line)
+            if split is None:  # checked before the kind, as in parse_table_line()
+                raise TableFileError(f"{path}:{number}: invalid map entry ('[' without ']')")
+            if not kind:
+                kind = "mapping" if split[0] != line else "list"
+            if kind == "list":
+                if split[0] != line:
+                    log.warning("%s:%d: a list table: the whole line %r is one key (as smtpd "
+                                "reads it)", path, number, line[:80])
+                entries[ascii_lower(line)] = None
+                continue
+            if not split[1]:
+                raise TableFileError(f"{path}:{number}: invalid map entry (a mapping table: "
+                                     "expected a key, white space or ':', then a value)")
+            entries[ascii_lower(split[0])] = split[1]
     return entries
 
 
@@ -60,38 +87,59 @@ class MappingTable(Table):
         if (data is None) == (path is None):
             raise ValueError("give either data or path")
         self.path = Path(path) if path is not None else None
-        self.entries: dict[str, str | None] = {}
-        self._cursor = itertools.count()
-        self.load(data)
+        self.static: StaticEntries[str | None] = StaticEntries()
+        self.error: str | None = None  # why the file could not be loaded at start
+        if self.path is not None:
+            self._first_load()
+        else:
+            self.load(data)
         services = tuple(services)
         self.on(Op.CHECK, services, self._check)
         self.on(Op.LOOKUP, services, self._lookup)
         self.on(Op.FETCH, services, self._fetch)
         self.update(self._reload)
 
+    @property
+    def entries(self) -> dict[str, str | None]:
+        """The entries as smtpd holds them (keys lower-cased)."""
+        return self.static.values
+
     def load(self, data: Mapping[str, str | None] | Iterable[str] | None = None) -> None:
         if self.path is not None:
-            self.entries = parse_file(self.path)
+            self.static = StaticEntries(parse_file(self.path))
         elif isinstance(data, Mapping):
-            self.entries = {str(k).lower(): v for k, v in data.items()}
+            self.static = StaticEntries(data)
         elif data is not None:
-            self.entries = dict.fromkeys((str(k).lower() for k in data), None)
+            self.static = StaticEntries((str(k), None) for k in data)
+
+    def _first_load(self) -> None:
+        """A file that cannot be read must not end the process (smtpd exits with its
+        tables): every request is answered error, with the reason, until a good file is
+        loaded by ``smtpctl update table``."""
+        try:
+            self.load()
+        except (OSError, ValueError) as exc:
+            self.error = str(exc)
+            log.error("cannot load the table file: %s; answering error until it is fixed "
+                      "(smtpctl update table)", self.error)
 
     def _reload(self) -> None:
         if self.path is not None:
             self.load()
+            self.error = None
+
+    def _entries(self) -> StaticEntries[str | None]:
+        if self.error is not None:
+            raise TempFail(self.error)
+        return self.static
 
     def _check(self, key: str, request: Request) -> bool:
         assert request.service is not None
-        if key in self.entries:
-            return True
-        return matches(request.service, key, self.entries)
+        return self._entries().check(request.service, key)
 
-    def _lookup(self, key: str) -> str | None:  # no ``request``: the cheaper call
-        return self.entries.get(key)
+    def _lookup(self, key: str, request: Request) -> str | None:
+        assert request.service is not None
+        return self._entries().lookup(request.service, key)
 
     def _fetch(self, request: Request) -> str | None:
-        keys = list(self.entries)
-        if not keys:
-            return None
-        return keys[next(self._cursor) % len(keys)]
+        return self._entries().fetch()

@@ -63,7 +63,8 @@ def test_keys_are_lower_cased_values_are_not(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "line"), [
     ("root gilles@poolp.org\nexample.org\n", 2),         # list entry in a mapping table
-    ("# c\nexample.org\n\nexample.net\nroot: gilles\n", 5),  # mapping entry in a list table
+    ("# c\nroot: gilles\n\nx\n", 4),
+    ("[::1 a\n", 1),                                      # '[' without ']'
 ])
 def test_mixed_file_names_file_and_line(tmp_path: Path, text: str, line: int) -> None:
     path = write(tmp_path, text)
@@ -72,11 +73,28 @@ def test_mixed_file_names_file_and_line(tmp_path: Path, text: str, line: int) ->
     assert f"{path}:{line}" in str(caught.value)
 
 
+def test_a_list_table_takes_whole_lines_as_smtpd_does(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # parse_table_line(): the first entry makes it a list; every line is then one key,
+    # separators and brackets included (regex lists: "[[:digit:]]{3}@")
+    path = write(tmp_path, "# c\nexample.org\n\n[[:digit:]]{3}@\nroot: gilles\n")
+    assert parse_file(path) == {"example.org": None, "[[:digit:]]{3}@": None,
+                                "root: gilles": None}
+    assert f"{path}:5" in caplog.text
+    forced = write(tmp_path, "# @list\nroot gilles\n", "forced")
+    assert parse_file(forced) == {"root gilles": None}
+
+
+def test_bracketed_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "[::1] local6\n[IPv6:::2]:other\n")
+    assert parse_file(path) == {"[::1]": "local6", "[ipv6:::2]": "other"}
+
+
 def test_empty_file_is_an_empty_table(tmp_path: Path) -> None:
     assert parse_file(write(tmp_path, "# nothing\n\n")) == {}
 
 
-def test_missing_file_raises(tmp_path: Path) -> None:
+def test_missing_file_raises_in_parse_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         parse_file(tmp_path / "absent")
 
@@ -159,9 +177,17 @@ def test_failed_reload_is_an_error_and_keeps_the_old_entries(tmp_path: Path) -> 
     assert ask(table, Op.LOOKUP, Service.ALIAS, "root") == Found("gilles@poolp.org")
 
 
-def test_bad_file_at_start_raises(tmp_path: Path) -> None:
-    with pytest.raises(TableFileError):
-        MappingTable(path=write(tmp_path, "a b\nc\n"))
+def test_bad_file_at_start_is_an_error_table_not_an_exit(tmp_path: Path) -> None:
+    # an exception here would end the process, and smtpd (6.8 exits with its tables)
+    path = write(tmp_path, "a b\nc\n")
+    table = MappingTable(path=path)
+    reply = ask(table, Op.LOOKUP, Service.ALIAS, "a")
+    assert isinstance(reply, Failed) and f"{path}:2" in reply.reason
+    assert isinstance(ask(MappingTable(path=tmp_path / "missing"), Op.CHECK, Service.DOMAIN,
+                          "x"), Failed)
+    path.write_text("a b\n")
+    assert ask(table, Op.UPDATE) == Updated()
+    assert ask(table, Op.LOOKUP, Service.ALIAS, "a") == Found("b")
 
 
 def test_data_or_path_not_both() -> None:

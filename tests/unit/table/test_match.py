@@ -12,6 +12,7 @@ from opensmtpd.table.match import (
     netaddr_match,
     regex_match,
 )
+from opensmtpd.table.posix_regex import EXACT
 from opensmtpd.table.services import Service
 
 
@@ -107,8 +108,14 @@ def test_netaddr_match(subject: str, entry: str, expected: bool) -> None:
     ("ab", "^a(b|c)$", True),
     ("anything", "(", False),                        # regcomp failure = no match
     ("anything", "a[", False),
+    # POSIX ERE from the C library, as smtpd uses (posix_regex.py), not Python's re:
+    ("d@x", "^\\d@", True),                          # glibc: \d is a plain 'd'
+    ("1@x", "^\\d@", False),
+    ("abc", "^[[:alpha:]]+$", True),                 # POSIX classes
+    ("ab1", "^[[:alpha:]]+$", False),
 ])
 def test_regex_match(subject: str, pattern: str, expected: bool) -> None:
+    assert EXACT, "glibc's regcomp() is expected on Debian"
     assert regex_match(subject, pattern) is expected
 
 
