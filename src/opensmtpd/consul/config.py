@@ -17,7 +17,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -139,79 +139,73 @@ def normalize_address(text: str, ssl: bool) -> str:
 
 @dataclass(frozen=True)
 class Key:
-    default: Any
+    """How a configuration key is read: its parser, the Consul environment variable that
+    stands in for it, and what it is for."""
+
     parse: Callable[[str], Any]
     env: str | None = None
     doc: str = ""
 
 
-KEYS: dict[str, Key] = {
-    "store": Key("embedded", _choice(*STORES), doc="embedded (SQLite file) or consul"),
-    "database": Key(DEFAULT_DATABASE, _absolute_path, doc="the embedded store's file"),
-    "poll_interval": Key(0.2, _positive_duration,
-                         doc="embedded store: how often to look for changes"),
-    "address": Key(DEFAULT_ADDRESS, str, "CONSUL_HTTP_ADDR",
-                   "Consul HTTP API: host:port, http(s)://host:port or unix:///path"),
-    "ssl": Key(False, parse_bool, "CONSUL_HTTP_SSL", "https when address has no scheme"),
-    "ssl_verify": Key(True, parse_bool, "CONSUL_HTTP_SSL_VERIFY",
-                      "verify the server certificate"),
-    "ca_file": Key(None, _optional_path, "CONSUL_CACERT", "CA bundle (PEM)"),
-    "ca_path": Key(None, _optional_path, "CONSUL_CAPATH", "directory of CA certificates"),
-    "client_cert": Key(None, _optional_path, "CONSUL_CLIENT_CERT", "client certificate (PEM)"),
-    "client_key": Key(None, _optional_path, "CONSUL_CLIENT_KEY", "client key (PEM)"),
-    "token_file": Key(None, _optional_path, "CONSUL_HTTP_TOKEN_FILE",
-                      "file holding the ACL token (else CONSUL_HTTP_TOKEN)"),
-    "table": Key(None, _table_name, doc="the table's name (default: the one smtpd sends; "
-                                        "the 2020 dialect sends none)"),
-    "datacenter": Key(None, _datacenter, doc="datacenter to read (default: the agent's)"),
-    "consistency": Key("stale", _choice(*CONSISTENCY_MODES),
-                       doc="read consistency: stale keeps working without a leader"),
-    "key_layout": Key(Layout(DEFAULT_LAYOUT), _layout,
-                      doc="where entries live: <table>, <service>, <key>"),
-    "services": Key(ALL_BUT_AUTH, _services, doc="services registered with smtpd"),
-    "allow_empty": Key(False, parse_bool,
-                       doc="an empty table answers not-found (else error: an ACL token "
-                           "without read access also yields an empty list)"),
-    "wait": Key(60.0, _positive_duration, doc="blocking query wait"),
-    "timeout": Key(5.0, _positive_duration, doc="connect timeout and non-blocking reads"),
-    "retry_min": Key(0.5, _positive_duration, doc="first back-off after a sync error"),
-    "retry_max": Key(30.0, _positive_duration, doc="longest back-off"),
-    "max_staleness": Key(300.0, _positive_duration,
-                         doc="serve the last good copy this long after the last sync"),
-    "startup_wait": Key(4.0, parse_duration,
-                        doc="how long the first request waits for the first sync"),
-    "deadline": Key(5.0, _positive_duration, doc="per-request deadline"),
-}
+def setting(default: Any, parse: Callable[[str], Any], env: str | None = None,
+            doc: str = "") -> Any:
+    """One configuration key, declared once: a Config field with its default and Key."""
+    metadata = {"key": Key(parse, env, doc)}
+    if isinstance(default, Layout):
+        return field(default_factory=lambda: Layout(default.template), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Config:
+    """The effective settings; every key of the file is a field declared with setting()."""
+
+    store: str = setting("embedded", _choice(*STORES), doc="embedded (SQLite file) or consul")
+    database: str = setting(DEFAULT_DATABASE, _absolute_path, doc="the embedded store's file")
+    poll_interval: float = setting(0.2, _positive_duration,
+                                   doc="embedded store: how often to look for changes")
+    address: str = setting(DEFAULT_ADDRESS, str, "CONSUL_HTTP_ADDR",
+                           "Consul HTTP API: host:port, http(s)://host:port or unix:///path")
+    ssl: bool = setting(False, parse_bool, "CONSUL_HTTP_SSL", "https when address has no "
+                        "scheme")
+    ssl_verify: bool = setting(True, parse_bool, "CONSUL_HTTP_SSL_VERIFY",
+                               "verify the server certificate")
+    ca_file: str | None = setting(None, _optional_path, "CONSUL_CACERT", "CA bundle (PEM)")
+    ca_path: str | None = setting(None, _optional_path, "CONSUL_CAPATH",
+                                  "directory of CA certificates")
+    client_cert: str | None = setting(None, _optional_path, "CONSUL_CLIENT_CERT",
+                                      "client certificate (PEM)")
+    client_key: str | None = setting(None, _optional_path, "CONSUL_CLIENT_KEY",
+                                     "client key (PEM)")
+    token_file: str | None = setting(None, _optional_path, "CONSUL_HTTP_TOKEN_FILE",
+                                     "file holding the ACL token (else CONSUL_HTTP_TOKEN)")
+    table: str | None = setting(None, _table_name, doc="the table's name (default: the one "
+                                "smtpd sends; the 2020 dialect sends none)")
+    datacenter: str | None = setting(None, _datacenter,
+                                     doc="datacenter to read (default: the agent's)")
+    consistency: str = setting("stale", _choice(*CONSISTENCY_MODES),
+                               doc="read consistency: stale keeps working without a leader")
+    key_layout: Layout = setting(Layout(DEFAULT_LAYOUT), _layout,
+                                 doc="where entries live: <table>, <service>, <key>")
+    services: tuple[Service, ...] = setting(ALL_BUT_AUTH, _services,
+                                            doc="services registered with smtpd")
+    allow_empty: bool = setting(False, parse_bool, doc="an empty table answers not-found "
+                                "(else error: an ACL token without read access also yields "
+                                "an empty list)")
+    wait: float = setting(60.0, _positive_duration, doc="blocking query wait")
+    timeout: float = setting(5.0, _positive_duration,
+                             doc="connect timeout and non-blocking reads")
+    retry_min: float = setting(0.5, _positive_duration,
+                               doc="first back-off after a sync error")
+    retry_max: float = setting(30.0, _positive_duration, doc="longest back-off")
+    max_staleness: float = setting(300.0, _positive_duration,
+                                   doc="serve the last good copy this long after the last sync")
+    startup_wait: float = setting(4.0, parse_duration,
+                                  doc="how long the first request waits for the first sync")
+    deadline: float = setting(5.0, _positive_duration, doc="per-request deadline")
+    # not keys of the file:
     path: str | None = None
-    store: str = "embedded"
-    database: str = DEFAULT_DATABASE
-    poll_interval: float = 0.2
-    address: str = f"http://{DEFAULT_ADDRESS}"
-    ssl: bool = False
-    ssl_verify: bool = True
-    ca_file: str | None = None
-    ca_path: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    token_file: str | None = None
     env_token: str | None = field(default=None, repr=False)  # CONSUL_HTTP_TOKEN
-    table: str | None = None
-    datacenter: str | None = None
-    consistency: str = "stale"
-    key_layout: Layout = field(default_factory=lambda: Layout(DEFAULT_LAYOUT))
-    services: tuple[Service, ...] = ALL_BUT_AUTH
-    allow_empty: bool = False
-    wait: float = 60.0
-    timeout: float = 5.0
-    retry_min: float = 0.5
-    retry_max: float = 30.0
-    max_staleness: float = 300.0
-    startup_wait: float = 4.0
-    deadline: float = 5.0
     origin: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def token(self) -> str | None:
@@ -248,6 +242,9 @@ class Config:
                  "CONSUL_HTTP_TOKEN" if self.env_token else "none")
         lines.append(f"# ACL token from: {token}")
         return "\n".join(lines)
+
+
+KEYS: dict[str, Key] = {f.name: f.metadata["key"] for f in fields(Config) if "key" in f.metadata}
 
 
 def _unquote(text: str) -> str:
@@ -295,15 +292,17 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
         entries = parse_lines(text, where)
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    defaults = Config()
     for name, spec in KEYS.items():
+        variable = spec.env
         if name in entries:
             number, raw = entries[name]
             label = f"{where}:{number}: {name}"
-        elif spec.env and env.get(spec.env, "") != "":
-            raw = env[spec.env]
-            label = f"environment {spec.env}"
+        elif variable and env.get(variable, "") != "":
+            raw = env[variable]
+            label = f"environment {variable}"
         else:
-            values[name] = spec.default
+            values[name] = getattr(defaults, name)
             continue
         try:
             values[name] = spec.parse(raw)
