@@ -15,7 +15,9 @@ no request waits past its deadline. The child's dialect:
 - ``native``: the smtpd 7.6 protocol (§3). The handshake is sent after smtpd's OPEN, so
   the child gets ``config|tablename|<name>``; its ``register|`` services are remembered
   and any other service is answered -1 without asking it.
-- ``2020``: the seed's table-procexec dialect (§2), no handshake, ``table-result|…``.
+- ``2020``: the seed's table-procexec dialect (§2), no handshake, ``table-result|…``;
+  requests in the article's named form (``table|0.1|ts|<table>|op|id|…``, what
+  go-opensmtpd and py-opensmtpd parse) unless ``form_2020`` is "unnamed".
 - ``auto``: see ``Settings.protocol`` and docs/table-procexec.md.
 """
 
@@ -58,6 +60,7 @@ class Settings:
     """
 
     protocol: str = "auto"
+    form_2020: str = "named"  # or "unnamed": the never-merged C branch's requests (§2)
     deadline: float = 5.0
     handshake_timeout: float = 2.0  # a loaded host can take a second to start Python
     min_backoff: float = 0.25
@@ -68,6 +71,9 @@ class Settings:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, "
                              f"not {self.protocol!r}")
+        if self.form_2020 not in procexec2020.FORMS:
+            raise ValueError(f"form-2020 must be one of {', '.join(procexec2020.FORMS)}, "
+                             f"not {self.form_2020!r}")
         for name in ("deadline", "handshake_timeout", "min_backoff", "max_backoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number of seconds")
@@ -101,7 +107,8 @@ def shown(line: str) -> str:
     """A child's line as quoted in logs: bounded, with a found value hidden (it may be a
     credentials hash or a password)."""
     head, sep, _value = line.partition("|found|")
-    if sep and head.split("|", 1)[0].endswith("-result"):
+    kind = head.split("|", 1)[0]
+    if sep and (kind.endswith("-result") or kind == "table-response"):
         line = f"{head}|found|<value hidden>"
     return repr(line[:SHOWN] + ("…" if len(line) > SHOWN else ""))
 
@@ -241,8 +248,9 @@ class Bridge:
             line = native.request(request.op, self.table, entry.child_id, request.service,
                                   request.key, stamp)
         else:
+            named = self.table if self.settings.form_2020 == "named" else None
             line = procexec2020.request(request.op, entry.child_id, request.service,
-                                        request.key, stamp)
+                                        request.key, stamp, table=named)
         self.to_child += line
         entry.sent = True
 
@@ -396,7 +404,8 @@ class Bridge:
 
     def _reply_line(self, line: str, truncated: bool) -> None:
         head, _, rest = line.partition("|")
-        child_id = rest.partition("|")[0] if head.endswith("-result") else None
+        child_id = (rest.partition("|")[0]
+                    if head.endswith("-result") or head == "table-response" else None)
         entry = self._pending.get(child_id) if child_id else None
         if entry is None or not entry.sent or entry.reply is not None:
             if child_id is not None and child_id in self._expired:

@@ -196,6 +196,7 @@ def test_log_lines_name_the_table(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_found_values_are_hidden_in_logs() -> None:
     assert "s3cret" not in shown("lookup-result|1|found|bob:s3cret")
+    assert "s3cret" not in shown("table-response|1|found|bob:s3cret")
     assert "garbage" in shown("garbage")
 
 
@@ -323,19 +324,37 @@ def test_forced_2020_no_handshake_and_table_result() -> None:
     h.ask(Op.LOOKUP, ALIAS, "root")
     (line,) = h.sent()
     fields = line.split("|")
-    assert fields[:4] == ["table", "0.1", TS, "lookup"] and fields[5:] == ["alias", "root"]
-    assert len(fields[4]) == 16
-    h.child(f"table-result|{fields[4]}|found|vuser\n")
+    # the article's named form: the table name before the op (what go-opensmtpd parses)
+    assert fields[:5] == ["table", "0.1", TS, TABLE, "lookup"]
+    assert fields[6:] == ["alias", "root"] and len(fields[5]) == 16
+    h.child(f"table-result|{fields[5]}|found|vuser\n")
     h.ask(Op.CHECK, ALIAS, "x")
-    cid = h.sent()[0].split("|")[4]
+    cid = h.sent()[0].split("|")[5]
     h.child(f"table-result|{cid}|not-found\n")
     h.ask(Op.UPDATE)
-    uid = h.sent()[0].split("|")[4]
-    h.child(f"table-result|{uid}|updated\n")
+    (update,) = h.sent()
+    assert update.split("|")[3:5] == [TABLE, "update"]
+    h.child(f"table-result|{update.split('|')[5]}|updated\n")
     h.ask(Op.LOOKUP, ALIAS, "y")
-    fid = h.sent()[0].split("|")[4]
+    fid = h.sent()[0].split("|")[5]
     h.child(f"table-result|{fid}|failure\n")
-    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Failed("-1")]
+    # the article writes its replies table-response|…: the same to the bridge
+    h.ask(Op.LOOKUP, ALIAS, "z")
+    zid = h.sent()[0].split("|")[5]
+    h.child(f"table-response|{zid}|found|gilles\n")
+    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Failed("-1"), Found("gilles")]
+
+
+def test_forced_2020_unnamed_form_only_when_asked() -> None:
+    h = Harness(protocol="2020", form_2020="unnamed")
+    h.open()
+    h.spawn()
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    (line,) = h.sent()
+    fields = line.split("|")
+    assert fields[:4] == ["table", "0.1", TS, "lookup"] and fields[5:] == ["alias", "root"]
+    h.child(f"table-result|{fields[4]}|found|vuser\n")
+    assert h.replies() == [Found("vuser")]
 
 
 @pytest.mark.parametrize("how", ["silent", "garbage", "exit"])
@@ -356,7 +375,7 @@ def test_auto_falls_back_to_2020(how: str) -> None:
     assert h.bridge.child_dialect == "2020" and h.bridge.spawn_due(h.now)
     h.spawn()
     (line,) = h.sent()  # the queued request, now in the 2020 dialect
-    rid = line.split("|")[4]
+    rid = line.split("|")[5]
     h.child(f"table-result|{rid}|found|vuser\n")
     assert h.replies() == [Found("vuser")]
     assert h.bridge.dialect == "2020"  # confirmed: kept from now on
@@ -419,7 +438,8 @@ def test_every_request_gets_exactly_one_wellformed_reply(
         h.ask(op, None if op is Op.UPDATE else ALIAS, None if op in (Op.FETCH, Op.UPDATE)
               else "root")
     sent = h.sent()
-    ids = [line.split("|")[6 if "|aliases|" in line else 4] for line in sent
+    # the id: field 6 in 0.1 (op|service|id), field 5 in the 2020 named form (op|id|service)
+    ids = [line.split("|")[6 if len(line.split("|")[5]) != 16 else 5] for line in sent
            if line.startswith("table|") and line.count("|") > 5]
     replies = []
     for text in child:
@@ -439,3 +459,5 @@ def test_settings_are_checked() -> None:
         Settings(protocol="imsg")
     with pytest.raises(ValueError, match="deadline"):
         Settings(deadline=0)
+    with pytest.raises(ValueError, match="form-2020"):
+        Settings(form_2020="article")

@@ -79,9 +79,17 @@ def backend(make_backend: Callable[..., Path]) -> str:
 @pytest.mark.parametrize("protocol", ["native", "imsg", "2020"])
 def test_found_is_0(backend: str, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--protocol", protocol, "--table", "aliases", "--", backend, "lookup", "alias", "root"]
+    assert main(args) == 0  # the table name reaches the backend in every generation (2020:
+    # the article's named form)
+    assert capsys.readouterr().out.strip() == "found root@aliases.example.org"
+
+
+def test_2020_unnamed_form_only_when_asked(backend: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--protocol", "2020", "--form-2020", "unnamed", "--table", "aliases", "--",
+            backend, "lookup", "alias", "root"]
     assert main(args) == 0
-    table = "" if protocol == "2020" else "aliases"  # the 2020 dialect sends no table name
-    assert capsys.readouterr().out.strip() == f"found root@{table}.example.org"
+    assert capsys.readouterr().out.strip() == "found root@.example.org"  # no name in it
 
 
 def test_check_fetch_update(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
