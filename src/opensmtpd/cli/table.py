@@ -1,7 +1,7 @@
 """opensmtpd-table: play smtpd's side against any table backend, by hand.
 
     opensmtpd-table [--protocol native|imsg|2020] [--form-2020 named|unnamed] \\
-        [--table NAME] [--config ARG] \\
+        [--table NAME] [--config ARG] [--key SERVICE=KEY ...] \\
         -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
                               update | conform}
     opensmtpd-table install procexec [--libexec DIR] [...]   (see docs/table-procexec.md)
@@ -59,6 +59,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str,
                              "(unnamed: the never-merged C table-procexec); default named")
     parser.add_argument("--table", default="test", help="table name sent to the backend")
     parser.add_argument("--config", help="argv[1] for the backend, as in 'table NAME BACKEND:ARG'")
+    parser.add_argument("--key", action="append", default=[], metavar="SERVICE=KEY",
+                        help="conform: probe SERVICE with KEY (e.g. one the table holds) "
+                             "instead of the built-in probe key; repeatable")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each reply (smtpd itself waits forever)")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] ACTION ...")
@@ -77,6 +80,17 @@ def _service(name: str) -> Service:
     return service
 
 
+def probe_keys(options: Sequence[str]) -> dict[Service, str]:
+    """``--key SERVICE=KEY`` options, checked."""
+    keys = {}
+    for option in options:
+        name, sep, key = option.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--key {option!r}: expected SERVICE=KEY, e.g. --key alias=root")
+        keys[_service(name)] = key
+    return keys
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if words[:1] == ["install"]:  # opensmtpd-table install procexec [...]
@@ -86,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, command, action, params = parse_args(words)
         service = _service(params[0]) if params else None
+        keys = probe_keys(args.key)
     except UsageError as exc:
         print(f"opensmtpd-table: {exc}", file=sys.stderr)
         return 64
@@ -96,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if action == "conform":
         results = []
-        for result in Battery(start, args.protocol).run():
+        for result in Battery(start, args.protocol, keys).run():
             print(result, flush=True)
             results.append(result)
         print(summary(results))

@@ -150,6 +150,9 @@ def test_missing_command_is_3(tmp_path: Path) -> None:
     ["--protocol", "bogus", "--", "/bin/true", "update"],  # not argparse's 2 (= error reply)
     ["--timeout", "soon", "--", "/bin/true", "update"],
     ["--no-such-option", "--", "/bin/true", "update"],
+    ["--key", "alias", "--", "/bin/true", "conform"],         # not SERVICE=KEY
+    ["--key", "alias=", "--", "/bin/true", "conform"],
+    ["--key", "bogus=root", "--", "/bin/true", "conform"],    # unknown service
 ])
 def test_usage_is_64(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 64
@@ -189,6 +192,15 @@ def test_conform_fails_a_broken_backend(make_backend: Callable[..., Path],
     assert out.splitlines()[-1].startswith("FAIL")
     assert "FAIL lookup alias" in out
     assert "FAIL fetch source" in out
+
+
+def test_conform_key_option_replaces_a_probe_key(seed_script: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--key", "alias=ghost", "--key", "MAILADDR=gilles@poolp.org", "--",
+                 str(seed_script), "conform"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   lookup alias: not-found" in out
+    assert "ok   check mailaddr: found" in out
 
 
 def test_conform_fails_a_silent_backend(make_backend: Callable[..., Path],
