@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opensmtpd.procexec import Phase, Settings
-from opensmtpd.procexec.bridge import shown
+from opensmtpd.procexec.bridge import MAX_WAITING, shown
 from opensmtpd.table import imsg
 from opensmtpd.table.events import Failed, Found, NotFound, Op, Updated
 from opensmtpd.table.services import Service
@@ -256,16 +256,15 @@ def test_replies_reach_smtpd_in_request_order() -> None:
 
 # --- crashes and back-off ---------------------------------------------------------------
 
-def test_crash_fails_pending_and_meanwhile_requests(caplog: pytest.LogCaptureFixture) -> None:
+def test_crash_fails_what_the_child_was_asked_then_backs_off(
+        caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(min_backoff=0.25, max_backoff=1.0)
     h.native_child("alias")
     h.ask(Op.LOOKUP, ALIAS, "root")
     h.sent()
     h.bridge.child_exited("was killed by SIGKILL", h.now)
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Failed("-1")]  # at once, never resent (it may be the killer)
     assert "was killed by SIGKILL" in caplog.text
-    h.ask(Op.LOOKUP, ALIAS, "root")  # child down: -1 at once
-    assert h.replies() == [Failed("-1")]
     assert not h.bridge.spawn_due(h.now)
     delays = []
     for _ in range(4):  # crash loop: 0.25, 0.5, 1, 1 (capped)
@@ -285,6 +284,111 @@ def test_crash_fails_pending_and_meanwhile_requests(caplog: pytest.LogCaptureFix
     assert h.replies() == [Found("vuser")]
     h.bridge.child_exited("exited with status 1", h.now)  # healthy again: short back-off
     assert h.bridge.spawn_at == pytest.approx(h.now + 0.25)
+
+
+# --- requests while the child restarts: they wait, each within its own deadline ---------
+
+def serve_handshake(h: Harness) -> None:
+    """Spawn the next child (due now) and let it register alias."""
+    h.spawn()
+    assert h.sent()[-1] == "config|ready"
+    h.child("register|alias\nregister|ready\n")
+
+
+def test_request_during_the_backoff_waits_for_the_new_child(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(deadline=5.0)
+    h.native_child("alias")
+    h.bridge.child_exited("was killed by SIGKILL", h.now)
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    h.ask(Op.LOOKUP, ALIAS, "postmaster")
+    assert h.replies() == []  # no -1 for what the next child can answer in time
+    assert h.bridge.next_wakeup() == pytest.approx(h.now + 0.25)  # the respawn
+    h.later(0.25)
+    h.spawn()
+    assert h.sent() == ["config|smtpd-version|7.6.0-procexec", "config|protocol|0.1",
+                        f"config|tablename|{TABLE}", "config|ready"]  # nothing sent early
+    h.later(0.5)  # a slow start: still within the deadlines
+    h.child("register|alias\nregister|ready\n")
+    first, second = h.sent()
+    h.child(f"lookup-result|{first.split('|')[6]}|found|vuser\n"
+            f"lookup-result|{second.split('|')[6]}|not-found\n")
+    assert h.replies() == [Found("vuser"), NotFound()]
+    assert "answering -1" not in caplog.text
+
+
+def test_request_waits_through_crashes_then_minus_one_at_its_deadline(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A child that keeps dying at start: the waiting request is -1 no later than its
+    deadline, never hung; the deadline is the request's, not reset by each restart."""
+    h = Harness(deadline=2.0, max_backoff=1.0)
+    h.native_child("alias")
+    h.bridge.child_exited("exited with status 1", h.now)
+    asked = h.now
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    replies: list[object] = []
+    for _ in range(10):  # bounded: the loop ends long before
+        spawn_at = h.bridge.spawn_at
+        assert spawn_at is not None
+        h.later(spawn_at - h.now)
+        replies += h.replies()
+        if replies:
+            break
+        h.spawn()
+        h.later(0.05)
+        h.bridge.child_exited("exited with status 3", h.now)  # dies in its handshake
+        replies += h.replies()
+        if replies:
+            break
+    assert replies == [Failed("-1")]
+    assert h.now - asked <= 2.0
+    assert "cannot wait" in caplog.text  # the next respawn came after its deadline
+
+
+def test_backoff_past_the_deadline_is_minus_one_at_once() -> None:
+    h = Harness(deadline=1.0, max_backoff=4.0)
+    h.native_child("alias")
+    for _ in range(3):  # back-off 0.25, 0.5, 1.0, then 2.0
+        h.bridge.child_exited("exited with status 1", h.now)
+        h.later(h.bridge.spawn_at - h.now)  # type: ignore[operator]
+        h.spawn()
+    h.bridge.child_exited("exited with status 1", h.now)
+    assert h.bridge.spawn_at == pytest.approx(h.now + 2.0)
+    h.ask(Op.LOOKUP, ALIAS, "root")  # could only be asked after its deadline
+    assert h.replies() == [Failed("-1")]
+
+
+def test_waiting_requests_are_bounded() -> None:
+    h = Harness(deadline=5.0)
+    h.native_child("alias")
+    h.bridge.child_exited("exited with status 1", h.now)
+    for n in range(MAX_WAITING + 1):
+        h.ask(Op.LOOKUP, ALIAS, f"user{n}")
+    assert h.replies() == []  # the one past the bound is -1, but replies go in order
+    h.later(0.25)
+    serve_handshake(h)
+    lines = h.sent()
+    assert len(lines) == MAX_WAITING
+    h.child("".join(f"lookup-result|{line.split('|')[6]}|not-found\n" for line in lines))
+    assert h.replies() == [NotFound()] * MAX_WAITING + [Failed("-1")]
+
+
+def test_request_during_a_requested_kill_waits_for_the_next_child() -> None:
+    h = Harness(deadline=1.0, restart_after=1)
+    h.native_child("alias")
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    h.sent()
+    h.later(1.5)
+    assert h.replies() == [Failed("-1")]
+    assert h.bridge.kill_reason is not None  # hung: restarted before anything else
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    assert h.sent() == []  # not given to the hung child
+    h.killed()
+    h.later(0.25)
+    serve_handshake(h)
+    _, rid = lookup_line(h)
+    h.child(f"lookup-result|{rid}|found|vuser\n")
+    assert h.replies() == [Found("vuser")]
 
 
 def test_exec_failure_is_retried_with_backoff() -> None:
