@@ -1,6 +1,7 @@
 """opensmtpd-table: play smtpd's side against any table backend, by hand.
 
-    opensmtpd-table [--protocol native|imsg|2020] [--table NAME] [--config ARG] \\
+    opensmtpd-table [--protocol native|imsg|2020] [--form-2020 named|unnamed] \\
+        [--table NAME] [--config ARG] [--key SERVICE=KEY ...] \\
         -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
                               update | conform}
     opensmtpd-table install procexec [--libexec DIR] [...]   (see docs/table-procexec.md)
@@ -20,6 +21,7 @@ from ..table.conformance import Battery, summary
 from ..table.driver import BackendExited, BackendTimeout, Driver, ProtocolViolation, describe_reply
 from ..table.events import Failed, NotFound, Op
 from ..table.imsg import ProtocolViolation as ImsgViolation
+from ..table.procexec2020 import FORMS
 from ..table.services import Service
 
 ACTIONS = {"check": 2, "lookup": 2, "fetch": 1, "update": 0, "conform": 0}
@@ -51,8 +53,15 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str,
     parser.add_argument("--protocol", choices=("native", "imsg", "2020"), default="native",
                         help="the smtpd generation to play: native (>= 7.6), imsg (<= 7.5), "
                              "2020 (the seed's procexec dialect); default native")
+    parser.add_argument("--form-2020", choices=FORMS, default="named",
+                        help="2020 requests with the table name after the timestamp (named: "
+                             "the article's form, what go/py-opensmtpd parse) or without it "
+                             "(unnamed: the never-merged C table-procexec); default named")
     parser.add_argument("--table", default="test", help="table name sent to the backend")
     parser.add_argument("--config", help="argv[1] for the backend, as in 'table NAME BACKEND:ARG'")
+    parser.add_argument("--key", action="append", default=[], metavar="SERVICE=KEY",
+                        help="conform: probe SERVICE with KEY (e.g. one the table holds) "
+                             "instead of the built-in probe key; repeatable")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each reply (smtpd itself waits forever)")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] ACTION ...")
@@ -71,6 +80,17 @@ def _service(name: str) -> Service:
     return service
 
 
+def probe_keys(options: Sequence[str]) -> dict[Service, str]:
+    """``--key SERVICE=KEY`` options, checked."""
+    keys = {}
+    for option in options:
+        name, sep, key = option.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--key {option!r}: expected SERVICE=KEY, e.g. --key alias=root")
+        keys[_service(name)] = key
+    return keys
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if words[:1] == ["install"]:  # opensmtpd-table install procexec [...]
@@ -80,17 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, command, action, params = parse_args(words)
         service = _service(params[0]) if params else None
+        keys = probe_keys(args.key)
     except UsageError as exc:
         print(f"opensmtpd-table: {exc}", file=sys.stderr)
         return 64
 
     def start() -> Driver:
         return Driver(command, protocol=args.protocol, table=args.table, config=args.config,
-                      timeout=args.timeout)
+                      timeout=args.timeout, form_2020=args.form_2020)
 
     if action == "conform":
         results = []
-        for result in Battery(start, args.protocol).run():
+        for result in Battery(start, args.protocol, keys).run():
             print(result, flush=True)
             results.append(result)
         print(summary(results))

@@ -75,7 +75,7 @@ class ConsulTable(Table):
     def _table_name(self, request: Request) -> str:
         name = self.config.table or request.table
         if not name and self.config.key_layout.has_table:
-            raise TempFail("smtpd sent no table name (the 2020 dialect never does): "
+            raise TempFail("smtpd sent no table name (the unnamed 2020 form has none): "
                            "set table = NAME in the config")
         return name
 

@@ -15,7 +15,9 @@ no request waits past its deadline. The child's dialect:
 - ``native``: the smtpd 7.6 protocol (§3). The handshake is sent after smtpd's OPEN, so
   the child gets ``config|tablename|<name>``; its ``register|`` services are remembered
   and any other service is answered -1 without asking it.
-- ``2020``: the seed's table-procexec dialect (§2), no handshake, ``table-result|…``.
+- ``2020``: the seed's table-procexec dialect (§2), no handshake, ``table-result|…``;
+  requests in the article's named form (``table|0.1|ts|<table>|op|id|…``, what
+  go-opensmtpd and py-opensmtpd parse) unless ``form_2020`` is "unnamed".
 - ``auto``: see ``Settings.protocol`` and docs/table-procexec.md.
 """
 
@@ -39,6 +41,10 @@ from ..table.services import Service
 log = logging.getLogger("opensmtpd.procexec")
 
 PROTOCOLS = ("auto", "native", "2020")
+# Requests that wait for a child being (re)started (down, starting, in its handshake), each
+# until its own deadline; one more is answered -1 at once. smtpd <= 7.5 asks a table one
+# request at a time (§1.6), so more than one only comes from another client.
+MAX_WAITING = 256
 # What the child reads in config|smtpd-version: the protocol it is spoken to is 7.6's,
 # by table-procexec on behalf of an older smtpd (same shape as "7.6.0-portable").
 SMTPD_VERSION = "7.6.0-procexec"
@@ -58,6 +64,7 @@ class Settings:
     """
 
     protocol: str = "auto"
+    form_2020: str = "named"  # or "unnamed": the never-merged C branch's requests (§2)
     deadline: float = 5.0
     handshake_timeout: float = 2.0  # a loaded host can take a second to start Python
     min_backoff: float = 0.25
@@ -68,6 +75,9 @@ class Settings:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, "
                              f"not {self.protocol!r}")
+        if self.form_2020 not in procexec2020.FORMS:
+            raise ValueError(f"form-2020 must be one of {', '.join(procexec2020.FORMS)}, "
+                             f"not {self.form_2020!r}")
         for name in ("deadline", "handshake_timeout", "min_backoff", "max_backoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number of seconds")
@@ -101,7 +111,8 @@ def shown(line: str) -> str:
     """A child's line as quoted in logs: bounded, with a found value hidden (it may be a
     credentials hash or a password)."""
     head, sep, _value = line.partition("|found|")
-    if sep and head.split("|", 1)[0].endswith("-result"):
+    kind = head.split("|", 1)[0]
+    if sep and (kind.endswith("-result") or kind == "table-response"):
         line = f"{head}|found|<value hidden>"
     return repr(line[:SHOWN] + ("…" if len(line) > SHOWN else ""))
 
@@ -203,27 +214,42 @@ class Bridge:
     def _request(self, request: Request, now: float) -> None:
         entry = self._enqueue(request, now)
         key = request.key
-        if self.phase is READY and request.service is not None and (
+        ready = self.phase is READY and self.kill_reason is None
+        if ready and request.service is not None and (
                 key is None or ("\n" not in key and "\r" not in key)):
             self._send(entry)  # the common case, with nothing to refuse
             return
-        refusal = self._refusal(request, now)
+        refusal = self._refusal(request)
+        if refusal is None and not ready:
+            refusal = self._cannot_wait(entry, now)
         if refusal is not None:
             log.warning("%s: %s: answering -1 (tempfail)", describe(request), refusal)
             entry.reply = Failed(refusal)
-        elif self.phase is READY:
+        elif ready:
             self._send(entry)
+        elif self.child_pid is None and self.spawn_at is not None:
+            # it waits: sent once a child is ready (_send_queued), -1 at its deadline
+            log.info("%s: waits for the next child (starting in %.2fs)", describe(request),
+                     max(self.spawn_at - now, 0.0))
 
-    def _refusal(self, request: Request, now: float) -> str | None:
+    def _refusal(self, request: Request) -> str | None:
         if request.op is not Op.UPDATE and request.service is None:
             return f"unknown service {request.raw_service}"
         if request.key is not None and ("\n" in request.key or "\r" in request.key):
             return "the key holds a line break, which the line protocol cannot carry"
-        if self.child_pid is None and not self.spawn_due(now):
-            if not self.opened:
-                return "request before OPEN"
-            wait = (self.spawn_at or now) - now
-            return f"the child is down (restart in {max(wait, 0.0):.2f}s)"
+        if not self.opened:
+            return "request before OPEN"
+        return None
+
+    def _cannot_wait(self, entry: _Pending, now: float) -> str | None:
+        """Why a request cannot wait for the child being (re)started, if it cannot."""
+        waiting = sum(1 for e in self._pending.values() if e.reply is None and not e.sent)
+        if waiting > MAX_WAITING:  # itself included
+            return f"{MAX_WAITING} requests already wait for the child"
+        if self.child_pid is None and self.spawn_at is not None and (
+                self.spawn_at >= entry.deadline):
+            return (f"the child is down and restarts in {self.spawn_at - now:.2f}s, after "
+                    f"this request's deadline")
         return None
 
     def _send(self, entry: _Pending) -> None:
@@ -241,8 +267,9 @@ class Bridge:
             line = native.request(request.op, self.table, entry.child_id, request.service,
                                   request.key, stamp)
         else:
+            named = self.table if self.settings.form_2020 == "named" else None
             line = procexec2020.request(request.op, entry.child_id, request.service,
-                                        request.key, stamp)
+                                        request.key, stamp, table=named)
         self.to_child += line
         entry.sent = True
 
@@ -289,7 +316,7 @@ class Bridge:
 
     def spawn_failed(self, reason: str, now: float) -> None:
         log.error("cannot start the child: %s", reason)
-        self._down(now, self._backoff(), sent_only=False)
+        self._down(now, self._backoff())
 
     def child_exited(self, how: str, now: float) -> None:
         """The child is gone (``how``: its exit status, or why it was killed)."""
@@ -304,21 +331,35 @@ class Bridge:
             log.error("child pid %d %s%s", self.child_pid, how, during)
             probe = self._probe_failed(f"it {how}") if self.dialect is None else None
             delay = self._backoff() if probe is None else probe
-        failed = self._down(now, delay, sent_only=delay == 0)
+        failed = self._down(now, delay)
         if failed:
             log.error("%d request(s) the child had not answered: -1 (tempfail)", failed)
 
-    def _down(self, now: float, delay: float, *, sent_only: bool) -> int:
-        """No child any more: fail what it was asked (all queued too, unless it is replaced
-        at once); schedule the next one."""
+    def _down(self, now: float, delay: float) -> int:
+        """No child any more: fail what it was asked, schedule the next one. What it was
+        not asked yet waits for the next one, unless that comes after its deadline.
+        Returns how many requests the gone child had been asked."""
         self.child_pid, self.phase, self.services = None, DOWN, frozenset()
-        self.spawn_at = now + delay
-        failed = 0
+        self.spawn_at = spawn_at = now + delay
+        failed = late = waiting = 0
         for entry in self._pending.values():
-            if entry.reply is None and (entry.sent or not sent_only):
+            if entry.reply is not None:
+                continue
+            if entry.sent:  # never resent: it may be what killed the child
                 entry.reply = Failed("the child exited")
                 failed += 1
+            elif entry.deadline <= spawn_at:
+                entry.reply = Failed("the next child starts after this request's deadline")
+                late += 1
+            else:
+                waiting += 1
             entry.sent = False
+        if late:
+            log.error("%d request(s) cannot wait %.2fs for the next child: -1 (tempfail)",
+                      late, delay)
+        if waiting:
+            log.info("%d request(s) wait for the next child (in %.2fs, each until its deadline)",
+                     waiting, delay)
         self._flush()
         return failed
 
@@ -396,7 +437,8 @@ class Bridge:
 
     def _reply_line(self, line: str, truncated: bool) -> None:
         head, _, rest = line.partition("|")
-        child_id = rest.partition("|")[0] if head.endswith("-result") else None
+        child_id = (rest.partition("|")[0]
+                    if head.endswith("-result") or head == "table-response" else None)
         entry = self._pending.get(child_id) if child_id else None
         if entry is None or not entry.sent or entry.reply is not None:
             if child_id is not None and child_id in self._expired:
@@ -464,8 +506,9 @@ class Bridge:
                 break  # queued in arrival order, all with the same deadline length
             if entry.reply is not None:
                 continue
-            log.error("%s: no reply from the child within %gs: answering -1 (tempfail)",
-                      describe(entry.request), self.settings.deadline)
+            what = "no reply from the child" if entry.sent else "no child ready to ask"
+            log.error("%s: %s within %gs: answering -1 (tempfail)",
+                      describe(entry.request), what, self.settings.deadline)
             entry.reply = Failed("deadline exceeded")
             if entry.sent:
                 self._expired.append(entry.child_id)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .. import __version__
+from ..table.procexec2020 import FORMS
 from .bridge import PROTOCOLS
 from .main import UsageError
 from .main import parse_args as bridge_args
@@ -175,6 +176,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                        f"the first of {', '.join(SMTPD_USERS)} that exists)")
     group = parser.add_argument_group("bridge options baked into the launcher")
     group.add_argument("--protocol", choices=PROTOCOLS)
+    group.add_argument("--form-2020", choices=FORMS)
     for option in ("--deadline", "--handshake-timeout", "--max-backoff", "--restart-after"):
         group.add_argument(option)
     args = parser.parse_args(argv)
@@ -185,7 +187,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def bridge_options(args: argparse.Namespace) -> list[str]:
     options = []
-    for name in ("protocol", "deadline", "handshake_timeout", "max_backoff", "restart_after"):
+    for name in ("protocol", "form_2020", "deadline", "handshake_timeout", "max_backoff",
+                 "restart_after"):
         value = getattr(args, name)
         if value is not None:
             options.append(f"--{name.replace('_', '-')}={value}")

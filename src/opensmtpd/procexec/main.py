@@ -15,6 +15,8 @@ Options (for a launcher, or by hand; the environment variable in brackets is rea
 the option is absent, so smtpd's environment can set it too):
 
   --protocol auto|native|2020  [TABLE_PROCEXEC_PROTOCOL]   default auto (see bridge.py)
+  --form-2020 named|unnamed    [TABLE_PROCEXEC_FORM_2020]   default named (2020 requests
+                               carry the table name, as go/py-opensmtpd expect)
   --deadline S                 [TABLE_PROCEXEC_DEADLINE]   default 5
   --handshake-timeout S        [TABLE_PROCEXEC_HANDSHAKE_TIMEOUT]   default 2
   --max-backoff S              [TABLE_PROCEXEC_MAX_BACKOFF]   default 5
@@ -45,6 +47,7 @@ from types import FrameType
 from typing import NoReturn
 
 from .. import __version__
+from ..table.procexec2020 import FORMS
 from .bridge import PROTOCOLS, Bridge, Settings
 
 monotonic = time.monotonic
@@ -77,6 +80,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Settings, list[
     parser = _Parser(prog="table-procexec", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", choices=PROTOCOLS, default=_env("PROTOCOL", "auto"))
+    parser.add_argument("--form-2020", choices=FORMS, default=_env("FORM_2020", "named"))
     parser.add_argument("--deadline", default=_env("DEADLINE", "5"))
     parser.add_argument("--handshake-timeout", default=_env("HANDSHAKE_TIMEOUT", "2"))
     parser.add_argument("--max-backoff", default=_env("MAX_BACKOFF", "5"))
@@ -88,7 +92,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Settings, list[
     args = parser.parse_args(argv)
     try:
         settings = Settings(
-            protocol=args.protocol, deadline=float(args.deadline),
+            protocol=args.protocol, form_2020=args.form_2020, deadline=float(args.deadline),
             handshake_timeout=float(args.handshake_timeout),
             max_backoff=float(args.max_backoff), restart_after=int(args.restart_after),
             min_backoff=min(0.25, float(args.max_backoff)))

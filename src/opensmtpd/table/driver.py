@@ -4,6 +4,7 @@ Used by ``opensmtpd-table``, the conformance battery, the benchmarks and the bri
 Process setup (table-protocols.md §1.1, §3.1): argv[0] is the table name, argv[1] the
 config; smtpd <= 7.5 gives one socket on fd 0 only; 7.6+ gives the same socket on fd 0
 and fd 1; the 2020 procexec gave a socket on fd 0 and 1 as well. stderr is inherited.
+2020 requests are sent in the article's named form unless ``form_2020="unnamed"``.
 Replies are judged the way smtpd judges them: what would make smtpd exit raises
 ProtocolViolation.
 """
@@ -39,10 +40,15 @@ class Driver:
 
     def __init__(self, command: Sequence[str], *, protocol: str = "native", table: str = "test",
                  config: str | None = None, timeout: float = 10.0,
-                 smtpd_version: str = "7.6.0-portable", stderr: int | None = None) -> None:
+                 smtpd_version: str = "7.6.0-portable", stderr: int | None = None,
+                 form_2020: str = "named") -> None:
         if protocol not in ("native", "imsg", "2020"):
             raise ValueError(f"unknown protocol {protocol!r}")
+        if form_2020 not in procexec2020.FORMS:
+            raise ValueError(f"unknown 2020 form {form_2020!r}")
         self.protocol, self.table, self.timeout = protocol, table, timeout
+        # 2020 requests name the table (the article's form) unless asked not to
+        self._named_2020: str | None = table if form_2020 == "named" else None
         self.services: tuple[Service, ...] = ()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [table, *([config] if config is not None else []), *command[1:]]
@@ -124,7 +130,8 @@ class Driver:
                                       f"{time.time():.6f}"))
             return native.parse_reply(op, request_id, self.read_line())
         request_id = f"{secrets.randbits(64):016x}"
-        self._send(procexec2020.request(op, request_id, service, key, f"{time.time():.6f}"))
+        self._send(procexec2020.request(op, request_id, service, key, f"{time.time():.6f}",
+                                        table=self._named_2020))
         return procexec2020.parse_reply(op, request_id, self.read_line())
 
     def check(self, service: Service, key: str) -> Reply:

@@ -1,11 +1,16 @@
 """The 2020 ``table-procexec`` dialect of the seed, both sides, sans-IO.
 
-Reference: table-protocols.md §2 and §4. No handshake. Requests::
+Reference: table-protocols.md §2 and §4. No handshake. Requests come in two forms::
 
-    table|0.1|<ts>|<op>|<id>|<service>|<key>            (table-procexec @93055be9)
-    table|0.1|<ts>|<table>|<op>|<id>|<service>|<key>    (py/go-opensmtpd HEAD)
+    table|0.1|<ts>|<table>|<op>|<id>|<service>|<key>    named: the article, py/go-opensmtpd
+    table|0.1|<ts>|<op>|<id>|<service>|<key>            unnamed: table-procexec @93055be9
 
-Replies: ``table-result|<id>|updated|found|not-found|failure`` or ``found|<value>``.
+The named form is the one the seed's article shows and both libraries it introduces
+parse (go-opensmtpd exits on anything else): smtpd's end sends it unless asked for the
+unnamed one. A table accepts both.
+
+Replies: ``table-result|<id>|updated|found|not-found|failure`` or ``found|<value>``
+(the libraries); the article writes ``table-response|…``, also accepted.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from .lines import LineBuffer, decode, encode
 from .services import Service
 
 PROTOCOL_VERSION = "0.1"
+FORMS = ("named", "unnamed")
+REPLY_PREFIXES = ("table-result|", "table-response|")
 _OPS = {op.value: op for op in Op}
 
 
@@ -23,8 +30,9 @@ def parse_request(line: str) -> Request | Malformed:
     if len(fields) < 5 or fields[0] != "table":
         # never quote the line: it may be the tail of a key carrying a password
         return Malformed(f"not a table request ({len(line)} bytes, {line.count('|')} '|')")
-    # The HEAD libraries put the table name before the op; procexec did not.
-    named = fields[3] not in _OPS and len(fields) > 5 and fields[4] in _OPS
+    # The HEAD libraries put the table name before the op; procexec did not. In the
+    # unnamed form field 4 is the id (hex), never an op: so a table named "check" works.
+    named = len(fields) > 5 and fields[4] in _OPS
     table = fields[3] if named else ""
     rest = fields[4:] if named else fields[3:]
     op = _OPS.get(rest[0])
@@ -78,12 +86,14 @@ class TableSide:
         return encode(head + "failure\n")
 
 
-# --- smtpd's end (table-procexec @93055be9) ---
+# --- smtpd's end (table-procexec) ---
 
 
 def request(op: Op, request_id: str, service: Service | None = None, key: str | None = None,
-            timestamp: str = "0.000000") -> bytes:
-    head = f"table|{PROTOCOL_VERSION}|{timestamp}|{op.value}|{request_id}"
+            timestamp: str = "0.000000", *, table: str | None = None) -> bytes:
+    """The named form when ``table`` is given (the article's), else the unnamed one."""
+    named = "" if table is None else f"{table}|"
+    head = f"table|{PROTOCOL_VERSION}|{timestamp}|{named}{op.value}|{request_id}"
     if op is Op.UPDATE:
         return encode(head + "\n")
     assert service is not None
@@ -93,8 +103,11 @@ def request(op: Op, request_id: str, service: Service | None = None, key: str | 
 
 def parse_reply(op: Op, request_id: str, line: str) -> Reply:
     """Judge a reply as table-procexec did: anything unexpected is a failure (-1)."""
-    prefix = f"table-result|{request_id}|"
-    if not line.startswith(prefix):
+    for head in REPLY_PREFIXES:
+        prefix = f"{head}{request_id}|"
+        if line.startswith(prefix):
+            break
+    else:
         return Failed(f"unexpected reply {line[:80]!r}")
     rest = line[len(prefix):]
     if rest == "updated" and op is Op.UPDATE:

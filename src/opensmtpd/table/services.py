@@ -133,3 +133,104 @@ def validate_value(service: Service, value: str) -> None:
         _check_list(value)
     elif service is Service.MAILADDR and any(c.isspace() for c in value):
         raise InvalidValue("mailaddr value contains white space")
+
+
+# --- what smtpd itself rejects (table.c table_parse_lookup, the same in 6.8 and 7.9) ---
+
+HOST_NAME_MAX = 64  # glibc's: struct destination and addrname names on Linux (255 on OpenBSD)
+ID_MAX = 2**32 - 1  # UID_MAX, GID_MAX (openbsd-compat: UINT_MAX)
+_SPACE = b" \t\n\v\f\r"
+
+
+def _line_split_fails(value: bytes) -> bool:
+    """expand_line_split / mailaddr_line_split: an unbalanced quote, a trailing backslash
+    or an item of LINE_MAX bytes makes smtpd reject the whole list."""
+    esc = dq = sq = False
+    size = 0
+    for byte in value:
+        if size >= LINE_MAX:
+            return True
+        if esc:
+            size, esc = size + 1, False
+        elif byte == 0x5C:  # backslash
+            esc = True
+        elif byte == 0x2C and not (dq or sq):  # an unquoted comma ends the item
+            size = 0
+        else:
+            size += 1
+            dq ^= byte == 0x22 and not sq
+            sq ^= byte == 0x27 and not dq
+    return esc or dq or sq or size >= LINE_MAX
+
+
+def _strtonum_fails(text: bytes, maximum: int) -> bool:
+    digits = text.lstrip(_SPACE)
+    digits = digits[1:] if digits[:1] in (b"+", b"-") else digits
+    if not digits.isdigit():
+        return True
+    return not 0 <= int(text.strip(_SPACE)) <= maximum
+
+
+def _sockaddr_fails(text: str) -> bool:
+    """parse_sockaddr(PF_UNSPEC): an IPv4 address, or IPv6 with an optional '[', 'ipv6:'
+    and ']' (a %scope suffix is given the benefit of the doubt)."""
+    try:
+        ipaddress.IPv4Address(text)
+        return False
+    except ValueError:
+        pass
+    text = text[1:] if text.startswith("[") else text
+    text = text[5:] if text[:5].lower() == "ipv6:" else text
+    text = text.partition("]")[0].partition("%")[0]
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return True
+    return False
+
+
+def smtpd_parse_error(service: Service, key: str | None, value: str) -> str | None:
+    """Why smtpd would fail to parse ``value``, found for ``key``, into ``service``'s
+    result (the lookup then becomes -1, a tempfail), or None when it would not.
+
+    Only what smtpd certainly rejects; ``validate_value`` is the library's stricter rule
+    (a relative home directory or an empty list item, which smtpd takes)."""
+    raw = value.encode("utf-8", "surrogateescape")
+    if not raw:
+        return "empty value"
+    if b"\0" in raw or b"\n" in raw:
+        return "value contains a NUL byte or a newline"
+    if service in (Service.ALIAS, Service.MAILADDRMAP):
+        if service is Service.ALIAS and len(raw) >= LINE_MAX:
+            return f"alias value of {LINE_MAX} bytes or more"
+        if _line_split_fails(raw):
+            return "unbalanced quote, trailing backslash or an item too long"
+    elif service is Service.CREDENTIALS:
+        if not 3 <= len(raw) < LINE_MAX:
+            return f"credentials value shorter than 3 or of {LINE_MAX} bytes or more"
+        if raw.startswith(b":") or raw.endswith(b":"):
+            return "credentials value with an empty user or password around ':'"
+    elif service in (Service.DOMAIN, Service.ADDRNAME):
+        if len(raw) > HOST_NAME_MAX:
+            return f"{service} value longer than {HOST_NAME_MAX} bytes"
+        if service is Service.ADDRNAME and key is not None and _sockaddr_fails(key):
+            return "addrname key is not an address"
+    elif service is Service.RELAYHOST and len(raw) >= LINE_MAX:
+        return f"relayhost value of {LINE_MAX} bytes or more"
+    elif service is Service.SOURCE and _sockaddr_fails(value):
+        return "source value is not an IP address"
+    elif service is Service.USERINFO and key is not None:
+        return _userinfo_error(key.encode("utf-8", "surrogateescape") + b":" + raw)
+    return None
+
+
+def _userinfo_error(line: bytes) -> str | None:
+    """text_to_userinfo on "key:value" (smtpd prefixes the key): user:uid:gid:directory."""
+    if len(line) >= LINE_MAX:
+        return f"userinfo key:value of {LINE_MAX} bytes or more"
+    fields = line.split(b":", 3)
+    if len(fields) < 4:
+        return "userinfo value is not uid:gid:directory"
+    if _strtonum_fails(fields[1], ID_MAX) or _strtonum_fails(fields[2], ID_MAX):
+        return "userinfo uid or gid is not a number smtpd accepts"
+    return None

@@ -48,7 +48,8 @@ def lookup_value(driver: Driver, service: Service, key: str) -> str | None:
 @pytest.mark.parametrize("protocol", ["native", "imsg", "2020"])
 def test_seed_scenario_embedded_store(tmp_path: Path, start: Started, protocol: str) -> None:
     """No store yet: error (never not-found); put: found; change: seen without restart."""
-    # the 2020 dialect never sends the table name: the config gives it
+    # the 2020 dialect's unnamed form sends no table name: the config gives it (harmless
+    # with the named form the driver sends)
     config, store = conf(tmp_path, "startup_wait = 200ms\n" +
                          ("table = aliases\n" if protocol == "2020" else ""))
     driver = start(SCRIPT, protocol=protocol, table="aliases", config=config)
@@ -204,7 +205,8 @@ def test_shared_layout_starts_watching_before_any_request() -> None:
 def test_2020_dialect_without_a_table_name_is_an_error(tmp_path: Path, start: Started) -> None:
     config, store = conf(tmp_path)
     store.put("aliases/alias/root", b"gilles")
-    driver = start(SCRIPT, protocol="2020", table="aliases", config=config)
+    # the never-merged C procexec's form carries no table name (the article's form does)
+    driver = start(SCRIPT, protocol="2020", table="aliases", config=config, form_2020="unnamed")
     reply = driver.lookup(S.ALIAS, "root")
     assert isinstance(reply, Failed), reply
     assert "set table = NAME" in start.stderr(driver)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opensmtpd.procexec import Phase, Settings
-from opensmtpd.procexec.bridge import shown
+from opensmtpd.procexec.bridge import MAX_WAITING, shown
 from opensmtpd.table import imsg
 from opensmtpd.table.events import Failed, Found, NotFound, Op, Updated
 from opensmtpd.table.services import Service
@@ -196,6 +196,7 @@ def test_log_lines_name_the_table(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_found_values_are_hidden_in_logs() -> None:
     assert "s3cret" not in shown("lookup-result|1|found|bob:s3cret")
+    assert "s3cret" not in shown("table-response|1|found|bob:s3cret")
     assert "garbage" in shown("garbage")
 
 
@@ -255,16 +256,15 @@ def test_replies_reach_smtpd_in_request_order() -> None:
 
 # --- crashes and back-off ---------------------------------------------------------------
 
-def test_crash_fails_pending_and_meanwhile_requests(caplog: pytest.LogCaptureFixture) -> None:
+def test_crash_fails_what_the_child_was_asked_then_backs_off(
+        caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(min_backoff=0.25, max_backoff=1.0)
     h.native_child("alias")
     h.ask(Op.LOOKUP, ALIAS, "root")
     h.sent()
     h.bridge.child_exited("was killed by SIGKILL", h.now)
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Failed("-1")]  # at once, never resent (it may be the killer)
     assert "was killed by SIGKILL" in caplog.text
-    h.ask(Op.LOOKUP, ALIAS, "root")  # child down: -1 at once
-    assert h.replies() == [Failed("-1")]
     assert not h.bridge.spawn_due(h.now)
     delays = []
     for _ in range(4):  # crash loop: 0.25, 0.5, 1, 1 (capped)
@@ -284,6 +284,111 @@ def test_crash_fails_pending_and_meanwhile_requests(caplog: pytest.LogCaptureFix
     assert h.replies() == [Found("vuser")]
     h.bridge.child_exited("exited with status 1", h.now)  # healthy again: short back-off
     assert h.bridge.spawn_at == pytest.approx(h.now + 0.25)
+
+
+# --- requests while the child restarts: they wait, each within its own deadline ---------
+
+def serve_handshake(h: Harness) -> None:
+    """Spawn the next child (due now) and let it register alias."""
+    h.spawn()
+    assert h.sent()[-1] == "config|ready"
+    h.child("register|alias\nregister|ready\n")
+
+
+def test_request_during_the_backoff_waits_for_the_new_child(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(deadline=5.0)
+    h.native_child("alias")
+    h.bridge.child_exited("was killed by SIGKILL", h.now)
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    h.ask(Op.LOOKUP, ALIAS, "postmaster")
+    assert h.replies() == []  # no -1 for what the next child can answer in time
+    assert h.bridge.next_wakeup() == pytest.approx(h.now + 0.25)  # the respawn
+    h.later(0.25)
+    h.spawn()
+    assert h.sent() == ["config|smtpd-version|7.6.0-procexec", "config|protocol|0.1",
+                        f"config|tablename|{TABLE}", "config|ready"]  # nothing sent early
+    h.later(0.5)  # a slow start: still within the deadlines
+    h.child("register|alias\nregister|ready\n")
+    first, second = h.sent()
+    h.child(f"lookup-result|{first.split('|')[6]}|found|vuser\n"
+            f"lookup-result|{second.split('|')[6]}|not-found\n")
+    assert h.replies() == [Found("vuser"), NotFound()]
+    assert "answering -1" not in caplog.text
+
+
+def test_request_waits_through_crashes_then_minus_one_at_its_deadline(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A child that keeps dying at start: the waiting request is -1 no later than its
+    deadline, never hung; the deadline is the request's, not reset by each restart."""
+    h = Harness(deadline=2.0, max_backoff=1.0)
+    h.native_child("alias")
+    h.bridge.child_exited("exited with status 1", h.now)
+    asked = h.now
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    replies: list[object] = []
+    for _ in range(10):  # bounded: the loop ends long before
+        spawn_at = h.bridge.spawn_at
+        assert spawn_at is not None
+        h.later(spawn_at - h.now)
+        replies += h.replies()
+        if replies:
+            break
+        h.spawn()
+        h.later(0.05)
+        h.bridge.child_exited("exited with status 3", h.now)  # dies in its handshake
+        replies += h.replies()
+        if replies:
+            break
+    assert replies == [Failed("-1")]
+    assert h.now - asked <= 2.0
+    assert "cannot wait" in caplog.text  # the next respawn came after its deadline
+
+
+def test_backoff_past_the_deadline_is_minus_one_at_once() -> None:
+    h = Harness(deadline=1.0, max_backoff=4.0)
+    h.native_child("alias")
+    for _ in range(3):  # back-off 0.25, 0.5, 1.0, then 2.0
+        h.bridge.child_exited("exited with status 1", h.now)
+        h.later(h.bridge.spawn_at - h.now)  # type: ignore[operator]
+        h.spawn()
+    h.bridge.child_exited("exited with status 1", h.now)
+    assert h.bridge.spawn_at == pytest.approx(h.now + 2.0)
+    h.ask(Op.LOOKUP, ALIAS, "root")  # could only be asked after its deadline
+    assert h.replies() == [Failed("-1")]
+
+
+def test_waiting_requests_are_bounded() -> None:
+    h = Harness(deadline=5.0)
+    h.native_child("alias")
+    h.bridge.child_exited("exited with status 1", h.now)
+    for n in range(MAX_WAITING + 1):
+        h.ask(Op.LOOKUP, ALIAS, f"user{n}")
+    assert h.replies() == []  # the one past the bound is -1, but replies go in order
+    h.later(0.25)
+    serve_handshake(h)
+    lines = h.sent()
+    assert len(lines) == MAX_WAITING
+    h.child("".join(f"lookup-result|{line.split('|')[6]}|not-found\n" for line in lines))
+    assert h.replies() == [NotFound()] * MAX_WAITING + [Failed("-1")]
+
+
+def test_request_during_a_requested_kill_waits_for_the_next_child() -> None:
+    h = Harness(deadline=1.0, restart_after=1)
+    h.native_child("alias")
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    h.sent()
+    h.later(1.5)
+    assert h.replies() == [Failed("-1")]
+    assert h.bridge.kill_reason is not None  # hung: restarted before anything else
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    assert h.sent() == []  # not given to the hung child
+    h.killed()
+    h.later(0.25)
+    serve_handshake(h)
+    _, rid = lookup_line(h)
+    h.child(f"lookup-result|{rid}|found|vuser\n")
+    assert h.replies() == [Found("vuser")]
 
 
 def test_exec_failure_is_retried_with_backoff() -> None:
@@ -323,19 +428,37 @@ def test_forced_2020_no_handshake_and_table_result() -> None:
     h.ask(Op.LOOKUP, ALIAS, "root")
     (line,) = h.sent()
     fields = line.split("|")
-    assert fields[:4] == ["table", "0.1", TS, "lookup"] and fields[5:] == ["alias", "root"]
-    assert len(fields[4]) == 16
-    h.child(f"table-result|{fields[4]}|found|vuser\n")
+    # the article's named form: the table name before the op (what go-opensmtpd parses)
+    assert fields[:5] == ["table", "0.1", TS, TABLE, "lookup"]
+    assert fields[6:] == ["alias", "root"] and len(fields[5]) == 16
+    h.child(f"table-result|{fields[5]}|found|vuser\n")
     h.ask(Op.CHECK, ALIAS, "x")
-    cid = h.sent()[0].split("|")[4]
+    cid = h.sent()[0].split("|")[5]
     h.child(f"table-result|{cid}|not-found\n")
     h.ask(Op.UPDATE)
-    uid = h.sent()[0].split("|")[4]
-    h.child(f"table-result|{uid}|updated\n")
+    (update,) = h.sent()
+    assert update.split("|")[3:5] == [TABLE, "update"]
+    h.child(f"table-result|{update.split('|')[5]}|updated\n")
     h.ask(Op.LOOKUP, ALIAS, "y")
-    fid = h.sent()[0].split("|")[4]
+    fid = h.sent()[0].split("|")[5]
     h.child(f"table-result|{fid}|failure\n")
-    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Failed("-1")]
+    # the article writes its replies table-response|…: the same to the bridge
+    h.ask(Op.LOOKUP, ALIAS, "z")
+    zid = h.sent()[0].split("|")[5]
+    h.child(f"table-response|{zid}|found|gilles\n")
+    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Failed("-1"), Found("gilles")]
+
+
+def test_forced_2020_unnamed_form_only_when_asked() -> None:
+    h = Harness(protocol="2020", form_2020="unnamed")
+    h.open()
+    h.spawn()
+    h.ask(Op.LOOKUP, ALIAS, "root")
+    (line,) = h.sent()
+    fields = line.split("|")
+    assert fields[:4] == ["table", "0.1", TS, "lookup"] and fields[5:] == ["alias", "root"]
+    h.child(f"table-result|{fields[4]}|found|vuser\n")
+    assert h.replies() == [Found("vuser")]
 
 
 @pytest.mark.parametrize("how", ["silent", "garbage", "exit"])
@@ -356,7 +479,7 @@ def test_auto_falls_back_to_2020(how: str) -> None:
     assert h.bridge.child_dialect == "2020" and h.bridge.spawn_due(h.now)
     h.spawn()
     (line,) = h.sent()  # the queued request, now in the 2020 dialect
-    rid = line.split("|")[4]
+    rid = line.split("|")[5]
     h.child(f"table-result|{rid}|found|vuser\n")
     assert h.replies() == [Found("vuser")]
     assert h.bridge.dialect == "2020"  # confirmed: kept from now on
@@ -419,7 +542,8 @@ def test_every_request_gets_exactly_one_wellformed_reply(
         h.ask(op, None if op is Op.UPDATE else ALIAS, None if op in (Op.FETCH, Op.UPDATE)
               else "root")
     sent = h.sent()
-    ids = [line.split("|")[6 if "|aliases|" in line else 4] for line in sent
+    # the id: field 6 in 0.1 (op|service|id), field 5 in the 2020 named form (op|id|service)
+    ids = [line.split("|")[6 if len(line.split("|")[5]) != 16 else 5] for line in sent
            if line.startswith("table|") and line.count("|") > 5]
     replies = []
     for text in child:
@@ -439,3 +563,5 @@ def test_settings_are_checked() -> None:
         Settings(protocol="imsg")
     with pytest.raises(ValueError, match="deadline"):
         Settings(deadline=0)
+    with pytest.raises(ValueError, match="form-2020"):
+        Settings(form_2020="article")

@@ -124,8 +124,8 @@ for line in sys.stdin:
     f = line.rstrip("\\n").split("|")
     if f[0] != "table":
         sys.exit("strict_2020: not a table line")
-    print(f"table-result|{f[4]}|found|vuser" if f[3] == "lookup" else
-          f"table-result|{f[4]}|not-found", flush=True)
+    print(f"table-result|{f[5]}|found|vuser" if f[4] == "lookup" else
+          f"table-result|{f[5]}|not-found", flush=True)
 """)
     strict.chmod(0o755)
     bridged = bridge(str(strict), protocol="auto")

@@ -79,9 +79,17 @@ def backend(make_backend: Callable[..., Path]) -> str:
 @pytest.mark.parametrize("protocol", ["native", "imsg", "2020"])
 def test_found_is_0(backend: str, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--protocol", protocol, "--table", "aliases", "--", backend, "lookup", "alias", "root"]
+    assert main(args) == 0  # the table name reaches the backend in every generation (2020:
+    # the article's named form)
+    assert capsys.readouterr().out.strip() == "found root@aliases.example.org"
+
+
+def test_2020_unnamed_form_only_when_asked(backend: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--protocol", "2020", "--form-2020", "unnamed", "--table", "aliases", "--",
+            backend, "lookup", "alias", "root"]
     assert main(args) == 0
-    table = "" if protocol == "2020" else "aliases"  # the 2020 dialect sends no table name
-    assert capsys.readouterr().out.strip() == f"found root@{table}.example.org"
+    assert capsys.readouterr().out.strip() == "found root@.example.org"  # no name in it
 
 
 def test_check_fetch_update(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,6 +150,9 @@ def test_missing_command_is_3(tmp_path: Path) -> None:
     ["--protocol", "bogus", "--", "/bin/true", "update"],  # not argparse's 2 (= error reply)
     ["--timeout", "soon", "--", "/bin/true", "update"],
     ["--no-such-option", "--", "/bin/true", "update"],
+    ["--key", "alias", "--", "/bin/true", "conform"],         # not SERVICE=KEY
+    ["--key", "alias=", "--", "/bin/true", "conform"],
+    ["--key", "bogus=root", "--", "/bin/true", "conform"],    # unknown service
 ])
 def test_usage_is_64(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 64
@@ -181,6 +192,15 @@ def test_conform_fails_a_broken_backend(make_backend: Callable[..., Path],
     assert out.splitlines()[-1].startswith("FAIL")
     assert "FAIL lookup alias" in out
     assert "FAIL fetch source" in out
+
+
+def test_conform_key_option_replaces_a_probe_key(seed_script: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--key", "alias=ghost", "--key", "MAILADDR=gilles@poolp.org", "--",
+                 str(seed_script), "conform"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   lookup alias: not-found" in out
+    assert "ok   check mailaddr: found" in out
 
 
 def test_conform_fails_a_silent_backend(make_backend: Callable[..., Path],

@@ -43,6 +43,17 @@ def test_head_shape_with_table_name(line: str, expected: Request) -> None:
     assert parse_request(line) == expected
 
 
+def test_table_named_like_an_op() -> None:
+    """A table called "check": field 4 decides (an op in the named form, the hex id in the
+    unnamed one)."""
+    assert parse_request(f"table|0.1|{TS}|check|lookup|{ID}|alias|root") == Request(
+        Op.LOOKUP, ID, "check", Service.ALIAS, "root", "alias")
+    assert parse_request(f"table|0.1|{TS}|update|update|{ID}") == Request(
+        Op.UPDATE, ID, "update")
+    assert parse_request(f"table|0.1|{TS}|check|{ID}|alias|root") == Request(
+        Op.CHECK, ID, "", Service.ALIAS, "root", "alias")
+
+
 def test_key_with_pipes_is_rejoined() -> None:
     event = parse_request(f"table|0.1|{TS}|check|{ID}|mailaddr|a|b@example.org")
     assert isinstance(event, Request)
@@ -80,6 +91,22 @@ def test_malformed_with_id(line: str, op: Op) -> None:
     event = parse_request(line)
     assert isinstance(event, Malformed)
     assert (event.id, event.op) == (ID, op)
+
+
+def test_request_builder_named_is_the_article_shape() -> None:
+    """The article: table|0.1|1590631921.2944137|table-name|check|deadbeefdeadbeef|mailaddr|…"""
+    assert procexec2020.request(Op.CHECK, "deadbeefdeadbeef", Service.MAILADDR,
+                                "gilles@poolp.org", "1590631921.2944137", table="table-name") == (
+        b"table|0.1|1590631921.2944137|table-name|check|deadbeefdeadbeef|mailaddr|"
+        b"gilles@poolp.org\n")
+    assert procexec2020.request(Op.FETCH, ID, Service.SOURCE, timestamp=TS, table="t") == (
+        f"table|0.1|{TS}|t|fetch|{ID}|source\n".encode())
+    assert procexec2020.request(Op.UPDATE, ID, timestamp=TS, table="t") == (
+        f"table|0.1|{TS}|t|update|{ID}\n".encode())
+    # and the table side reads back what it was sent
+    line = procexec2020.request(Op.LOOKUP, ID, Service.ALIAS, "a|b", TS, table="t")
+    assert parse_request(line.decode()[:-1]) == Request(
+        Op.LOOKUP, ID, "t", Service.ALIAS, "a|b", "alias")
 
 
 def test_request_builder_is_the_procexec_shape() -> None:
@@ -123,12 +150,16 @@ def test_reply_encoding(op: Op, reply: object, expected: str) -> None:
 ])
 def test_parse_reply(op: Op, rest: str, expected: object) -> None:
     assert parse_reply(op, ID, f"table-result|{ID}|{rest}") == expected
+    # the article writes table-response|…: read the same way
+    assert parse_reply(op, ID, f"table-response|{ID}|{rest}") == expected
 
 
 @pytest.mark.parametrize(("op", "line"), [
     (Op.LOOKUP, f"table-result|{ID}|failure"),
     (Op.LOOKUP, f"table-result|{'f' * 16}|found|v"),     # id mismatch
     (Op.LOOKUP, f"lookup-result|{ID}|found|v"),          # not the 2020 prefix
+    (Op.LOOKUP, f"table-responses|{ID}|found|v"),
+    (Op.LOOKUP, f"table-response|{'f' * 16}|found|v"),  # id mismatch
     (Op.LOOKUP, f"table-result|{ID}|found"),             # no value on lookup
     (Op.UPDATE, f"table-result|{ID}|not-found"),
     (Op.LOOKUP, "garbage"),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from opensmtpd.table.services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
+from opensmtpd.table.services import (
+    ALL_BUT_AUTH,
+    InvalidValue,
+    Service,
+    smtpd_parse_error,
+    validate_value,
+)
 
 # enum table_service, smtpd-api.h @ smtpd-6.8; K_AUTH from 7.6 (commit 60ddc29b).
 WIRE = [
@@ -154,3 +160,53 @@ def test_length_is_counted_in_bytes_not_characters() -> None:
 
 def test_invalid_value_is_a_value_error() -> None:
     assert issubclass(InvalidValue, ValueError)
+
+
+# --- smtpd_parse_error: only what table_parse_lookup certainly rejects -------------------
+
+@pytest.mark.parametrize(("service", "key", "value"), [
+    (Service.USERINFO, "root", "0:0:/root"),
+    (Service.USERINFO, "root", "0:0:relative"),  # any directory: text_to_userinfo copies it
+    (Service.USERINFO, "root", "0:0:"),
+    (Service.USERINFO, "root", "+0: 0:/x"),  # strtonum: sign and leading space
+    (Service.ALIAS, "root", "a, ,b,"),  # empty items are skipped
+    (Service.ALIAS, "root", '"|/bin/x, y", \\,z'),
+    (Service.MAILADDRMAP, "a", "b@example.org, 'c d'@example.org"),
+    (Service.CREDENTIALS, "bob", "bob:$6$x"),
+    (Service.CREDENTIALS, "bob", "$6$xyz"),  # no ':': the key is the user
+    (Service.DOMAIN, "x", "a" * 64),
+    (Service.SOURCE, None, "192.0.2.1"),
+    (Service.SOURCE, None, "[ipv6:2001:db8::1]"),
+    (Service.ADDRNAME, "192.0.2.1", "mx.example.org"),
+    (Service.RELAYHOST, "x", "smtp+tls://mx.example.org:25"),
+    (Service.NETADDR, "x", "10/8"),  # inet_net_pton takes it (Python would not)
+    (Service.MAILADDR, "x", "weird address"),  # not judged here: validate_value's business
+])
+def test_smtpd_takes(service: Service, key: str | None, value: str) -> None:
+    assert smtpd_parse_error(service, key, value) is None
+
+
+@pytest.mark.parametrize(("service", "key", "value", "why"), [
+    (Service.USERINFO, "root", "0:0", "not uid:gid:directory"),
+    (Service.USERINFO, "root", "x:0:/root", "uid or gid"),
+    (Service.USERINFO, "root", "0 :0:/root", "uid or gid"),  # strtonum: trailing space
+    (Service.USERINFO, "root", "-1:0:/root", "uid or gid"),
+    (Service.USERINFO, "root", f"{2**32}:0:/root", "uid or gid"),
+    (Service.USERINFO, "r" * 2000, "0:0:/" + "d" * 50, "2048 bytes or more"),
+    (Service.ALIAS, "root", '"a, b', "unbalanced"),
+    (Service.ALIAS, "root", "a\\", "trailing backslash"),
+    (Service.ALIAS, "root", "a" * 2048, "2048 bytes"),
+    (Service.MAILADDRMAP, "a", "x, " + "b" * 2048, "too long"),
+    (Service.CREDENTIALS, "bob", "ab", "shorter than 3"),
+    (Service.CREDENTIALS, "bob", ":secret", "empty user or password"),
+    (Service.CREDENTIALS, "bob", "bob:", "empty user or password"),
+    (Service.DOMAIN, "x", "a" * 65, "longer than 64"),
+    (Service.SOURCE, None, "mx.example.org", "not an IP address"),
+    (Service.ADDRNAME, "not-an-address", "mx.example.org", "key is not an address"),
+    (Service.RELAYHOST, "x", "r" * 2048, "2048 bytes"),
+    (Service.ALIAS, "root", "a\nb", "newline"),
+    (Service.STRING, "x", "", "empty"),
+])
+def test_smtpd_rejects(service: Service, key: str | None, value: str, why: str) -> None:
+    error = smtpd_parse_error(service, key, value)
+    assert error is not None and why in error
