@@ -1,8 +1,8 @@
 """opensmtpd-table: play smtpd's side against any table backend, by hand.
 
     opensmtpd-table [--protocol native|imsg|2020] [--table NAME] [--config ARG] \\
-        -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
-                              update | conform}
+        [--smtpd-version V] -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY |
+                                                  fetch SERVICE | update | conform}
     opensmtpd-table install procexec [--libexec DIR] [...]   (see docs/table-procexec.md)
 
 The action comes after the command: ``opensmtpd-table -- ./table.py lookup alias root``.
@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str,
                              "2020 (the seed's procexec dialect); default native")
     parser.add_argument("--table", default="test", help="table name sent to the backend")
     parser.add_argument("--config", help="argv[1] for the backend, as in 'table NAME BACKEND:ARG'")
+    parser.add_argument("--smtpd-version", default="7.6.0-portable",
+                        help="the version announced in the native handshake "
+                             "(config|smtpd-version); default 7.6.0-portable")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each reply (smtpd itself waits forever)")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] ACTION ...")
@@ -86,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def start() -> Driver:
         return Driver(command, protocol=args.protocol, table=args.table, config=args.config,
-                      timeout=args.timeout)
+                      timeout=args.timeout, smtpd_version=args.smtpd_version)
 
     if action == "conform":
         results = []
