@@ -87,4 +87,6 @@ bench: deps venv chroot consul
 	$(PY) bench/consul_lookups.py
 
 clean:
+	@if awk -v d="$$(realpath -m build)/" 'index($$2 "/", d) == 1 {found=1} END {exit !found}' /proc/mounts; then \
+	  echo "something is mounted under build/ (a test session running?): not removing it"; exit 1; fi
 	rm -rf $(VENV) build

@@ -6,8 +6,8 @@ These tests need root, Debian 12's opensmtpd on the host and the chroots built b
 
 Fixtures per generation: ``host_root`` (6.8, imsg tables), ``chroot_root`` (7.6) and
 ``sid_root`` (7.9), both line-protocol tables; ``any_root`` runs a test on all three,
-``line_root`` on the line-protocol generations (7.6 and 7.9), ``pre79_root`` on 6.8 and
-7.6 only (tests too slow to triple that 7.9 adds nothing to).
+``line_root`` on the line-protocol generations (7.6 and 7.9, which also offer inbound
+TLS, hence AUTH).
 """
 
 from __future__ import annotations
@@ -110,11 +110,6 @@ def any_root(request: pytest.FixtureRequest) -> Root:
 @pytest.fixture(params=["7.6", "7.9"])
 def line_root(request: pytest.FixtureRequest) -> Root:
     """The generations that run line-protocol tables and offer inbound TLS (hence AUTH)."""
-    return _root(request)
-
-
-@pytest.fixture(params=["6.8", "7.6"])
-def pre79_root(request: pytest.FixtureRequest) -> Root:
     return _root(request)
 
 
