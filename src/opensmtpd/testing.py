@@ -132,7 +132,9 @@ def chroot_mounts(path: Path, timeout: float = 900.0,
                 last = True
             except BlockingIOError:
                 last = False  # another session still uses the chroot
-            if last and not chrooted_pids(path):  # nor a process started without the lock
+            # nor a process started without the lock; our own smtpd's last children may
+            # still be exiting: give them a moment
+            if last and wait_for(lambda: not chrooted_pids(path), timeout=10):
                 for _, target, _ in reversed(mounts):
                     if _mounted(path / target):
                         subprocess.run(["umount", "-l", str(path / target)], check=False,
