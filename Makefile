@@ -2,7 +2,6 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-CHROOT := build/trixie
 APT_PACKAGES := opensmtpd opensmtpd-extras debootstrap openssl python3-venv ca-certificates \
   python3-httpx prometheus python3-prometheus-client
 # table-consul's tests run Debian bullseye's consul 1.8.7, unpacked from its .deb (no install)
@@ -40,26 +39,35 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-chroot: $(CHROOT)/.installed $(CHROOT)/.httpx $(CHROOT)/.prometheus-client
-$(CHROOT)/.installed:
-	rm -rf $(CHROOT) && mkdir -p build
-	debootstrap --variant=minbase \
-	  --include=opensmtpd,opensmtpd-table-passwd,python3,python3-httpx,python3-prometheus-client,ca-certificates \
-	  trixie $(CHROOT) http://deb.debian.org/debian
+# smtpd 7.6 (Debian 13 trixie) and 7.9 (sid) each run in a debootstrap chroot.
+# python3-typing-extensions: debootstrap takes the first of "A | B" dependencies, and sid's
+# python3-anyio (for httpx) wants python3-supported-min (>= 3.15) | python3-typing-extensions.
+CHROOTS := build/trixie build/sid
+CHROOT_PACKAGES := opensmtpd,opensmtpd-table-passwd,python3,python3-httpx,python3-prometheus-client,python3-typing-extensions,ca-certificates
+chroot: $(foreach c,$(CHROOTS),$(c)/.installed $(c)/.httpx $(c)/.prometheus-client)
+
+# Never rm -rf a chroot with something mounted in it (a bound /dev would take the host's
+# device nodes with it): the e2e fixtures unmount when their last user ends.
+build/%/.installed:
+	@if awk -v d="$$(realpath -m build/$*)/" 'index($$2 "/", d) == 1 {found=1} END {exit !found}' /proc/mounts; then \
+	  echo "build/$* has mounts (a test session running?): not rebuilding it"; exit 1; fi
+	rm -rf build/$* && mkdir -p build
+	debootstrap --variant=minbase --include=$(CHROOT_PACKAGES) \
+	  $* build/$* http://deb.debian.org/debian
 	touch $@
 
 # table-consul runs under the chroot's python3 and needs httpx (chroots built before it)
-$(CHROOT)/.httpx: $(CHROOT)/.installed
-	chroot $(CHROOT) /usr/bin/python3 -c 'import httpx' 2>/dev/null || { \
-	  chroot $(CHROOT) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive chroot $(CHROOT) apt-get install -y -q python3-httpx; }
+build/%/.httpx: build/%/.installed
+	chroot build/$* /usr/bin/python3 -c 'import httpx' 2>/dev/null || { \
+	  chroot build/$* apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive chroot build/$* apt-get install -y -q python3-httpx; }
 	touch $@
 
 # filter-prometheus runs under the chroot's python3 and needs prometheus_client
-$(CHROOT)/.prometheus-client: $(CHROOT)/.installed
-	chroot $(CHROOT) /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || { \
-	  chroot $(CHROOT) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive chroot $(CHROOT) apt-get install -y -q python3-prometheus-client; }
+build/%/.prometheus-client: build/%/.installed
+	chroot build/$* /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || { \
+	  chroot build/$* apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive chroot build/$* apt-get install -y -q python3-prometheus-client; }
 	touch $@
 
 consul: $(CONSUL)
@@ -79,4 +87,6 @@ bench: deps venv chroot consul
 	$(PY) bench/consul_lookups.py
 
 clean:
+	@if awk -v d="$$(realpath -m build)/" 'index($$2 "/", d) == 1 {found=1} END {exit !found}' /proc/mounts; then \
+	  echo "something is mounted under build/ (a test session running?): not removing it"; exit 1; fi
 	rm -rf $(VENV) build

@@ -11,17 +11,18 @@
    of times. Wall time runs from the first byte written to the reader's exit at EOF;
    the filter's start-up (imports, HTTP bind) is excluded from both wall and CPU time.
 
-2. smtpd: messages accepted per second by a real smtpd (6.8 on the host, 7.6 in the
-   chroot) with filter-prometheus attached to the listener and to the relay action, vs
-   the same configuration without it; rounds alternate, the median is reported. This
-   part runs in a private network namespace (``unshare -n``, loopback only): smtpd
-   resolves every client's address, and a resolver that drops queries (as in some
-   sandboxes) stalls sessions 5 s at random, drowning what is measured.
+2. smtpd: messages accepted per second by a real smtpd (6.8 on the host, 7.6 and 7.9
+   in the chroots, as ``--roots`` says) with filter-prometheus attached to the listener
+   and to the relay action, vs the same configuration without it; rounds alternate, the
+   median is reported. This part runs in a private network namespace (``unshare -n``,
+   loopback only): smtpd resolves every client's address, and a resolver that drops
+   queries (as in some sandboxes) stalls sessions 5 s at random, drowning what is
+   measured.
 
 Timings are printed with their ratios, never asserted.
 
     .venv/bin/python bench/filter_prometheus.py [--sessions 40000] [--rounds 3]
-        [--messages 2000] [--clients 8] [--roots 6.8,7.6] [--no-smtpd] [--host-network]
+        [--messages 2000] [--clients 8] [--roots 6.8,7.6(,7.9)] [--no-smtpd] [--host-network]
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from opensmtpd.prometheus.metrics import EVENTS
-from opensmtpd.testing import Root, Smtpd, free_port, port_open, wait_for
+from opensmtpd.testing import Root, Smtpd, chroot_mounts, free_port, port_open, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSCRIPT = REPO / "tests" / "unit" / "filter" / "data" / "smtpd-6.8.in"
-CHROOT = REPO / "build" / "trixie"
+CHROOTS = {"7.6": REPO / "build" / "trixie", "7.9": REPO / "build" / "sid"}
 LIB = f"/opt/pyos-bench-{os.getpid()}/lib"  # our own copy of the library in each root
 TICK = os.sysconf("SC_CLK_TCK")
 HANDSHAKE = (b"config|smtpd-version|6.8.0p2\nconfig|smtp-session-timeout|300\n"
@@ -272,17 +273,6 @@ def bench_smtpd(root: Root, messages: int, clients: int, rounds: int, log_dir: P
           f"{cat / without:.3f}; null filter / without: {null / without:.3f}")
 
 
-def _mounts(chroot: Path) -> list[Path]:
-    mounted = {line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()}
-    done = []
-    for source, target, args in (("proc", "proc", ["-t", "proc"]), ("/dev", "dev", ["--bind"])):
-        where = chroot / target
-        if str(where) not in mounted:
-            subprocess.run(["mount", *args, source, str(where)], check=True)
-            done.append(where)
-    return done
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=40_000)
@@ -315,14 +305,10 @@ def main() -> int:
             if name == "6.8":
                 bench_smtpd(Root(Path("/"), "6.8", lib=LIB), args.messages, args.clients,
                             args.rounds, Path(tmp))
-            elif name == "7.6":
-                mounts = _mounts(CHROOT)
-                try:
-                    bench_smtpd(Root(CHROOT, "7.6", lib=LIB), args.messages, args.clients,
-                                args.rounds, Path(tmp))
-                finally:
-                    for where in reversed(mounts):
-                        subprocess.run(["umount", "-l", str(where)], check=False)
+            elif name in CHROOTS:
+                with chroot_mounts(CHROOTS[name]):  # shared with test sessions
+                    bench_smtpd(Root(CHROOTS[name], name, lib=LIB), args.messages,
+                                args.clients, args.rounds, Path(tmp))
     return 0
 
 

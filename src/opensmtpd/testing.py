@@ -1,4 +1,5 @@
-"""Run a real OpenSMTPD for tests and demos: Debian 12's 6.8 on the host, 7.6 in a chroot.
+"""Run a real OpenSMTPD for tests and demos: Debian 12's 6.8 on the host, 7.6 (trixie) and
+7.9 (sid) in debootstrap chroots.
 
 What is known about running smtpd in tests is in shared/DESIGN.md and the lab reports:
 start by absolute path with -d; one smtpd per root filesystem (fixed control socket)
@@ -19,7 +20,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -58,12 +59,94 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def lock_name(path: Path) -> str:
+    """A name for per-root lock files: the same for every path to one directory (a
+    worktree's build/ may be a symlink to the shared one)."""
+    return str(path.resolve()).strip("/").replace("/", "_") or "host"
+
+
+def _flock(handle: IO[str], how: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{handle.name} still locked after {timeout:g}s") from None
+            time.sleep(0.2)
+
+
+def _mounted(where: Path) -> bool:
+    return any(line.split()[1] == str(where)
+               for line in Path("/proc/mounts").read_text().splitlines())
+
+
+CHROOT_MOUNTS = (("proc", "proc", ("-t", "proc")), ("/dev", "dev", ("--bind",)))
+
+
+def chrooted_pids(path: Path) -> list[int]:
+    """Processes whose root directory is ``path`` (an smtpd someone runs in it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/root") == str(path):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@contextlib.contextmanager
+def chroot_mounts(path: Path, timeout: float = 900.0,
+                  mounts: tuple[tuple[str, str, tuple[str, ...]], ...] = CHROOT_MOUNTS,
+                  ) -> Iterator[None]:
+    """``proc`` and ``/dev`` mounted in chroot ``path`` for as long as anyone uses it.
+
+    Several test sessions may use one chroot at once: each holds a shared lock on
+    /tmp/pyos-chroot-NAME.lock while it does. Mounting and unmounting take a second,
+    exclusive lock; the last user out (the only one that can turn its shared lock into an
+    exclusive one) unmounts, so /dev is never left bound into a directory that an
+    ``rm -rf build`` would empty.
+    """
+    path = path.resolve()
+    name = lock_name(path)
+    with open(f"/tmp/pyos-chroot-{name}.lock", "a") as users, \
+            open(f"/tmp/pyos-chroot-{name}.mount.lock", "a") as mutex:
+        _flock(users, fcntl.LOCK_SH, timeout)
+        try:
+            _flock(mutex, fcntl.LOCK_EX, timeout)
+            try:
+                for source, target, args in mounts:
+                    if not _mounted(path / target):
+                        subprocess.run(["mount", *args, source, str(path / target)],
+                                       check=True, timeout=30)
+            finally:
+                fcntl.flock(mutex, fcntl.LOCK_UN)
+            yield
+        finally:
+            _flock(mutex, fcntl.LOCK_EX, timeout)
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                last = True
+            except BlockingIOError:
+                last = False  # another session still uses the chroot
+            # nor a process started without the lock; our own smtpd's last children may
+            # still be exiting: give them a moment
+            if last and wait_for(lambda: not chrooted_pids(path), timeout=10):
+                for _, target, _ in reversed(mounts):
+                    if _mounted(path / target):
+                        subprocess.run(["umount", "-l", str(path / target)], check=False,
+                                       timeout=30)
+
+
 @dataclass
 class Root:
     """A root filesystem with smtpd: "/" (host) or a debootstrap chroot."""
 
     path: Path
-    name: str  # "6.8" / "7.6"
+    name: str  # "6.8" / "7.6" / "7.9"
     lib: str = LIB_INSIDE  # where install_library() puts the package, inside the root
 
     @property
@@ -171,17 +254,9 @@ class Smtpd:
 
     def _lock(self, timeout: float = 900.0) -> None:
         """One smtpd per root filesystem (fixed control socket, shared spool): wait for it."""
-        name = str(self.root.path).strip("/").replace("/", "_") or "host"
-        self.lockfile = open(f"/tmp/pyos-smtpd-{name}.lock", "w")  # noqa: SIM115
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self.lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"another smtpd holds {self.lockfile.name}") from None
-                time.sleep(0.2)
+        self.lockfile = open(f"/tmp/pyos-smtpd-{lock_name(self.root.path)}.lock",  # noqa: SIM115
+                             "w")
+        _flock(self.lockfile, fcntl.LOCK_EX, timeout)
 
     def _command(self, *args: str) -> list[str]:
         smtpd = ["/usr/sbin/smtpd", *args]

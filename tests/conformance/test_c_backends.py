@@ -2,9 +2,11 @@
 
 This proves the driver right: a battery that failed the reference implementations would
 be judging by the wrong rules. imsg: table-passwd from opensmtpd-extras 6.7.1 (host);
-native: table-passwd 1.0.2 from Debian 13's opensmtpd-table-passwd (trixie chroot). Each
-with whatever data it may hold: an empty file, one user without root, root, and a home
-directory smtpd takes but this library would not write (relative).
+native: table-passwd 1.0.2 from opensmtpd-table-passwd, as Debian 13 (trixie chroot,
+beside smtpd 7.6) and sid (sid chroot, beside smtpd 7.9) ship it, each driven with the
+handshake of its own smtpd. Each with whatever data it may hold: an empty file, one user
+without root, root, and a home directory smtpd takes but this library would not write
+(relative).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from opensmtpd.table import Found, NotFound, Service
 from opensmtpd.table.driver import Driver
 
 REPO = Path(__file__).resolve().parents[2]
-CHROOT = Path(os.environ.get("PYOS_CHROOT", REPO / "build" / "trixie"))
+CHROOTS = {  # the smtpd version each chroot's table-passwd is spoken to as
+    "7.6.0-portable": Path(os.environ.get("PYOS_CHROOT", REPO / "build" / "trixie")),
+    "7.9.0-portable": Path(os.environ.get("PYOS_SID_CHROOT", REPO / "build" / "sid")),
+}
 HOST_PASSWD = "/usr/libexec/opensmtpd/table-passwd"
 PASSWD = "alice:$6$salt$hash:1000:1000::/home/alice:/bin/sh\nroot:x:0:0::/root:/bin/sh\n"
 FILES = {
@@ -43,15 +48,21 @@ def imsg_passwd(tmp_path: Path) -> list[str]:
     return [HOST_PASSWD, str(tmp_path / "passwd")]
 
 
+@pytest.fixture(params=list(CHROOTS))
+def smtpd_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def native_passwd() -> list[str]:
+def native_passwd(smtpd_version: str) -> list[str]:
+    chroot = CHROOTS[smtpd_version]
     binary = "/usr/libexec/opensmtpd/table-passwd"
-    _require(CHROOT / binary.lstrip("/"), "make chroot (Debian 13 opensmtpd-table-passwd)")
+    _require(chroot / binary.lstrip("/"), "make chroot (opensmtpd-table-passwd)")
     _require("/usr/sbin/chroot", "coreutils")
     if os.geteuid() != 0:
         pytest.fail("chroot needs root", pytrace=False)
-    (CHROOT / "tmp" / "pyos-passwd").write_text(PASSWD)
-    return ["/usr/sbin/chroot", str(CHROOT), binary, "/tmp/pyos-passwd"]
+    (chroot / "tmp" / "pyos-passwd").write_text(PASSWD)
+    return ["/usr/sbin/chroot", str(chroot), binary, "/tmp/pyos-passwd"]
 
 
 def test_battery_passes_c_imsg_backend(imsg_passwd: list[str],
@@ -63,9 +74,10 @@ def test_battery_passes_c_imsg_backend(imsg_passwd: list[str],
     assert "lookup credentials: found <value hidden>" in out
 
 
-def test_battery_passes_c_native_backend(native_passwd: list[str],
+def test_battery_passes_c_native_backend(native_passwd: list[str], smtpd_version: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--protocol", "native", "--", *native_passwd, "conform"]) == 0
+    assert main(["--protocol", "native", "--smtpd-version", smtpd_version, "--",
+                 *native_passwd, "conform"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith("PASS"), out
     # exactly the 9 services table-passwd 1.0.2 registers (lab-7.6 REPORT §2.2)
@@ -77,9 +89,9 @@ def test_battery_passes_c_native_backend(native_passwd: list[str],
 
 @pytest.mark.parametrize("protocol", ["imsg", "native"])
 def test_driver_reads_c_backend_answers(protocol: str, imsg_passwd: list[str],
-                                        native_passwd: list[str]) -> None:
+                                        native_passwd: list[str], smtpd_version: str) -> None:
     command = imsg_passwd if protocol == "imsg" else native_passwd
-    with Driver(command, protocol=protocol, table="pw") as driver:
+    with Driver(command, protocol=protocol, table="pw", smtpd_version=smtpd_version) as driver:
         assert driver.lookup(Service.USERINFO, "alice") == Found("1000:1000:/home/alice")
         assert driver.lookup(Service.CREDENTIALS, "alice") == Found("alice:$6$salt$hash")
         assert driver.lookup(Service.USERINFO, "bob") == NotFound()
@@ -91,22 +103,25 @@ def _imsg_command(tmp_path: Path, text: str) -> list[str]:
     return [HOST_PASSWD, str(tmp_path / "passwd")]
 
 
-def _native_command(text: str) -> list[str]:
+def _native_command(text: str, smtpd_version: str) -> list[str]:
+    chroot = CHROOTS[smtpd_version]
     binary = "/usr/libexec/opensmtpd/table-passwd"
-    _require(CHROOT / binary.lstrip("/"), "make chroot (Debian 13 opensmtpd-table-passwd)")
+    _require(chroot / binary.lstrip("/"), "make chroot (opensmtpd-table-passwd)")
     if os.geteuid() != 0:
         pytest.fail("chroot needs root", pytrace=False)
-    (CHROOT / "tmp" / "pyos-passwd").write_text(text)
-    return ["/usr/sbin/chroot", str(CHROOT), binary, "/tmp/pyos-passwd"]
+    (chroot / "tmp" / "pyos-passwd").write_text(text)
+    return ["/usr/sbin/chroot", str(chroot), binary, "/tmp/pyos-passwd"]
 
 
-@pytest.mark.parametrize("protocol", ["imsg", "native"])
+@pytest.mark.parametrize("protocol", ["imsg", "native 7.6.0-portable", "native 7.9.0-portable"])
 @pytest.mark.parametrize("data", list(FILES))
 def test_battery_passes_c_backend_whatever_it_holds(protocol: str, data: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    protocol, _, version = protocol.partition(" ")
     command = (_imsg_command(tmp_path, FILES[data]) if protocol == "imsg"
-               else _native_command(FILES[data]))
-    assert main(["--protocol", protocol, "--", *command, "conform"]) == 0
+               else _native_command(FILES[data], version))
+    assert main(["--protocol", protocol, "--smtpd-version", version or "7.6.0-portable", "--",
+                 *command, "conform"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith("PASS"), out
     assert "FAIL" not in out

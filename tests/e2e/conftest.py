@@ -1,7 +1,13 @@
-"""Shared fixtures for the e2e tier: real smtpd 6.8 (host) and 7.6 (trixie chroot).
+"""Shared fixtures for the e2e tier: real smtpd 6.8 (host), 7.6 (trixie chroot) and 7.9
+(sid chroot).
 
-These tests need root, Debian 12's opensmtpd on the host and the chroot built by
+These tests need root, Debian 12's opensmtpd on the host and the chroots built by
 `make chroot` (see .ci/run). Missing any of them is a failure, never a skip.
+
+Fixtures per generation: ``host_root`` (6.8, imsg tables), ``chroot_root`` (7.6) and
+``sid_root`` (7.9), both line-protocol tables; ``any_root`` runs a test on all three,
+``line_root`` on the line-protocol generations (7.6 and 7.9, which also offer inbound
+TLS, hence AUTH).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from opensmtpd.testing import Root, Smtpd, free_port
+from opensmtpd.testing import Root, Smtpd, chroot_mounts, free_port
 
 from .paths import REPO
 
 CHROOT = Path(os.environ.get("PYOS_CHROOT", REPO / "build" / "trixie"))
+SID_CHROOT = Path(os.environ.get("PYOS_SID_CHROOT", REPO / "build" / "sid"))
+ROOTS = {"6.8": "host_root", "7.6": "chroot_root", "7.9": "sid_root"}
 # Per test session: several sessions may run at once on one machine (they take turns
 # with smtpd through the harness's lock, but must not share files).
 WORK_INSIDE = f"/var/tmp/pyos-e2e-{os.getpid()}"
@@ -37,11 +45,6 @@ def _version(root: Root) -> str:
         cmd = ["chroot", str(root.path), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     return (out.stdout + out.stderr).split("OpenSMTPD ", 1)[-1].split()[0]
-
-
-def _mounted(path: Path) -> bool:
-    mounts = Path("/proc/mounts").read_text().splitlines()
-    return any(line.split()[1] == str(path) for line in mounts)
 
 
 def _prepare(root: Root) -> None:
@@ -69,31 +72,45 @@ def host_root() -> Iterator[Root]:
     _cleanup(root)
 
 
+def _chroot_root(path: Path, version: str, suite: str) -> Iterator[Root]:
+    _require(os.geteuid() == 0, "must run as root (smtpd and chroot need it)")
+    _require((path / "usr/sbin/smtpd").exists(), f"no {suite} chroot at {path}: make chroot")
+    root = Root(path.resolve(), version, LIB_INSIDE)
+    with chroot_mounts(root.path):  # shared with other sessions; the last one unmounts
+        found = _version(root)
+        _require(found.startswith(version), f"{suite} chroot smtpd is {found}, expected {version}")
+        _prepare(root)
+        try:
+            yield root
+        finally:
+            _cleanup(root)
+
+
 @pytest.fixture(scope="session")
 def chroot_root() -> Iterator[Root]:
-    _require(os.geteuid() == 0, "must run as root (smtpd and chroot need it)")
-    _require((CHROOT / "usr/sbin/smtpd").exists(), f"no trixie chroot at {CHROOT}: make chroot")
-    root = Root(CHROOT, "7.6", LIB_INSIDE)
-    mounts = []
-    for source, target, args in (("proc", "proc", ["-t", "proc"]), ("/dev", "dev", ["--bind"])):
-        where = CHROOT / target
-        if not _mounted(where):
-            subprocess.run(["mount", *args, source, str(where)], check=True)
-            mounts.append(where)
-    try:
-        _require(_version(root).startswith("7.6"), f"chroot smtpd is {_version(root)}")
-        _prepare(root)
-        yield root
-        _cleanup(root)
-    finally:
-        for where in reversed(mounts):
-            subprocess.run(["umount", "-l", str(where)], check=False)
+    """smtpd 7.6 (Debian 13 trixie)."""
+    yield from _chroot_root(CHROOT, "7.6", "trixie")
 
 
-@pytest.fixture(params=["6.8", "7.6"])
+@pytest.fixture(scope="session")
+def sid_root() -> Iterator[Root]:
+    """smtpd 7.9 (Debian sid)."""
+    yield from _chroot_root(SID_CHROOT, "7.9", "sid")
+
+
+def _root(request: pytest.FixtureRequest) -> Root:
+    return request.getfixturevalue(ROOTS[request.param])  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=list(ROOTS))
 def any_root(request: pytest.FixtureRequest) -> Root:
-    name = "host_root" if request.param == "6.8" else "chroot_root"
-    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+    return _root(request)
+
+
+@pytest.fixture(params=["7.6", "7.9"])
+def line_root(request: pytest.FixtureRequest) -> Root:
+    """The generations that run line-protocol tables and offer inbound TLS (hence AUTH)."""
+    return _root(request)
 
 
 @pytest.fixture

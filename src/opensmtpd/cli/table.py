@@ -1,7 +1,7 @@
 """opensmtpd-table: play smtpd's side against any table backend, by hand.
 
     opensmtpd-table [--protocol native|imsg|2020] [--form-2020 named|unnamed] \\
-        [--table NAME] [--config ARG] [--key SERVICE=KEY ...] \\
+        [--table NAME] [--config ARG] [--key SERVICE=KEY ...] [--smtpd-version V] \\
         -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
                               update | conform}
     opensmtpd-table install procexec [--libexec DIR] [...]   (see docs/table-procexec.md)
@@ -62,6 +62,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str,
     parser.add_argument("--key", action="append", default=[], metavar="SERVICE=KEY",
                         help="conform: probe SERVICE with KEY (e.g. one the table holds) "
                              "instead of the built-in probe key; repeatable")
+    parser.add_argument("--smtpd-version", default="7.6.0-portable",
+                        help="the version announced in the native handshake "
+                             "(config|smtpd-version); default 7.6.0-portable")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each reply (smtpd itself waits forever)")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] ACTION ...")
@@ -107,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def start() -> Driver:
         return Driver(command, protocol=args.protocol, table=args.table, config=args.config,
-                      timeout=args.timeout, form_2020=args.form_2020)
+                      timeout=args.timeout, form_2020=args.form_2020,
+                      smtpd_version=args.smtpd_version)
 
     if action == "conform":
         results = []

@@ -4,6 +4,7 @@ Two APIs: the ``Filter`` object with decorators, and module-level callbacks in t
 of the seed (``filter.on_report(...)``, ``filter.on_filter(...)``, ``filter.dispatch()``).
 """
 
+from ..smtpd_version import SmtpdVersion
 from .app import DEFAULT_TEMPFAIL, Filter
 from .callbacks import (
     configure,
@@ -63,8 +64,8 @@ __all__ = [
     "Config", "DataLine", "Decision", "Filter", "FilterReport", "FilterResponse",
     "InvalidResponse", "LinkAuth", "LinkConnect", "LinkDisconnect", "LinkGreeting", "LinkIdentify",
     "LinkTLS", "Malformed", "ProtocolClient", "ProtocolServer", "Query", "Report", "Session",
-    "Timeout", "TxBegin", "TxCommit", "TxData", "TxEnvelope", "TxMail", "TxRcpt", "TxReset",
-    "TxRollback", "UnknownReport", "configure", "disconnect", "dispatch", "junk", "on_config",
-    "on_data_line", "on_filter", "on_message", "on_report", "proceed", "reject", "report",
-    "rewrite",
+    "SmtpdVersion", "Timeout", "TxBegin", "TxCommit", "TxData", "TxEnvelope", "TxMail", "TxRcpt",
+    "TxReset", "TxRollback", "UnknownReport", "configure", "disconnect", "dispatch", "junk",
+    "on_config", "on_data_line", "on_filter", "on_message", "on_report", "proceed", "reject",
+    "report", "rewrite",
 ]

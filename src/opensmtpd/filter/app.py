@@ -455,6 +455,13 @@ class Filter:
                 log.error("config handler %s raised %s: %s", registered.name,
                           type(exc).__name__, _safe(exc))
         reports, phases = self.subscriptions()
+        for phase in sorted(p for p in phases if not config.accepts_phase(p)):
+            if config.version is None:
+                log.warning("smtpd version %r unknown: the %s handler is not registered "
+                            "(smtpd >= 7.9 stops on it)", config.smtpd_version[:32], phase)
+            else:
+                log.warning("smtpd %s has no %s phase (registering it would stop smtpd): "
+                            "the %s handler is not registered", config.version, phase, phase)
         if reports.get("smtp-out") and "smtp-out" not in config.subsystems:
             log.info("smtpd announced no smtp-out subsystem: smtp-out events not registered "
                      "(attach the filter to a relay action: action … relay … filter NAME)")

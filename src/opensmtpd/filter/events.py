@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..smtpd_version import NO_WIZ_PHASE, SmtpdVersion, parse_smtpd_version
+
 SMTP_IN = "smtp-in"
 SMTP_OUT = "smtp-out"
 SUBSYSTEMS = (SMTP_IN, SMTP_OUT)
@@ -24,7 +26,8 @@ REPORT_EVENTS = (
     "tx-commit", "tx-rollback", "protocol-client", "protocol-server", "filter-report",
     "filter-response", "timeout",
 )
-# filter_execs[] (§4.1): all registrable since 0.4; help and wiz are never queried.
+# filter_execs[] (§4.1): all registrable from 0.4 to smtpd 7.8; help and wiz are never
+# queried. smtpd 7.9 dropped wiz: registering it is fatal there (Config.accepts_phase).
 PHASES = (
     "connect", "helo", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data",
     "data-line", "rset", "quit", "noop", "help", "wiz", "commit",
@@ -56,6 +59,22 @@ class Config:
             if name == key:
                 return value
         return default
+
+    @property
+    def version(self) -> SmtpdVersion | None:
+        """``smtpd_version`` as a comparable value; None when absent or unknown."""
+        return parse_smtpd_version(self.smtpd_version)
+
+    def accepts_phase(self, phase: str) -> bool:
+        """Whether registering filter ``phase`` is safe with this smtpd.
+
+        ``wiz`` is fatal from 7.9 on ("Unrecognized report name"): it is registered only
+        with an smtpd known to be older. Every other phase exists in every version.
+        """
+        if phase != "wiz":
+            return True
+        version = self.version
+        return version is not None and version < NO_WIZ_PHASE
 
     @property
     def accepts_report_decision(self) -> bool:

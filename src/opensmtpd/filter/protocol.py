@@ -368,7 +368,8 @@ def registration(config: Config, reports: Mapping[str, Collection[str]],
 
     Only names smtpd knows (an unknown one is fatal), each once (a duplicate doubles the
     events), ``*`` alone when given, smtp-out only when smtpd announced it (fatal on 6.6),
-    filter phases only for smtp-in.
+    filter phases only for smtp-in and only those this smtpd accepts (``wiz`` is fatal
+    from 7.9 on: ``Config.accepts_phase``).
     """
     lines: list[str] = []
     for subsystem in SUBSYSTEMS:
@@ -379,7 +380,8 @@ def registration(config: Config, reports: Mapping[str, Collection[str]],
             continue
         names = ("*",) if "*" in events else [e for e in REPORT_EVENTS if e in events]
         lines.extend(f"register|report|{subsystem}|{name}" for name in names)
-    lines.extend(f"register|filter|{SMTP_IN}|{phase}" for phase in PHASES if phase in phases)
+    lines.extend(f"register|filter|{SMTP_IN}|{phase}" for phase in PHASES
+                 if phase in phases and config.accepts_phase(phase))
     lines.append("register|ready")
     return lines
 

@@ -4,6 +4,7 @@ Two APIs: the 2020 module API of the seed (``table.on_lookup(cb)``, ``table.disp
 and the ``Table`` object with handlers that return their answer.
 """
 
+from ..smtpd_version import SmtpdVersion
 from .api2020 import (
     boolean,
     dispatch,
@@ -30,6 +31,7 @@ __all__ = [
     "Op",
     "Request",
     "Service",
+    "SmtpdVersion",
     "Table",
     "TempFail",
     "Updated",

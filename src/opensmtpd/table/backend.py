@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Literal
 
+from ..smtpd_version import SmtpdVersion
 from .events import Failed, Found, NotFound, Op, Reply, Request, Updated
 from .services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
 
@@ -88,7 +89,14 @@ class Table:
     ``deadline`` bounds each request (seconds): past it smtpd gets a temporary error.
     ``unregistered`` is the answer for services with no handler ("error" or "not-found");
     smtpd >= 7.6 sends them even though they were not registered.
+
+    Once smtpd has spoken, ``protocol`` is the generation detected ("native" for 7.6+,
+    "imsg" for <= 7.5, "2020") and ``smtpd_version`` what smtpd announced (native only:
+    imsg and the 2020 dialect carry no version), e.g. ``SmtpdVersion(7, 9, 0)``, or None.
     """
+
+    protocol: str | None = None
+    smtpd_version: SmtpdVersion | None = None
 
     def __init__(self, name: str | None = None, *, deadline: float = DEFAULT_DEADLINE,
                  unregistered: Literal["error", "not-found"] = "error") -> None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from ..smtpd_version import parse_smtpd_version
 from ..stdio import private_stdout, relabel_logging, setup_logging
 from . import imsg, native, procexec2020
 from .backend import Table, describe
@@ -127,7 +128,7 @@ class Server:
                     self._done.set()
                     return
                 data += more
-        self.protocol = protocol
+        self.protocol = self.table.protocol = protocol
         self.codec = make_codec(protocol)
         if protocol == "imsg" and _is_socket(self.infd):
             self.outfd = self.infd  # smtpd <= 7.5 gives one socket, on fd 0 only
@@ -179,6 +180,7 @@ class Server:
         if isinstance(event, Hello):
             if event.table:
                 relabel_logging(f"table {event.table}")
+            self.table.smtpd_version = parse_smtpd_version(event.smtpd_version)
             if isinstance(self.codec, native.TableSide):
                 try:
                     self._write(self.codec.registration(self.table.services))

@@ -51,3 +51,32 @@ def seed() -> str:
     """examples/seed_table.py, byte for byte after the shebang line."""
     source = (REPO / "examples" / "seed_table.py").read_text()
     return SHEBANG + source.split("\n", 1)[1]
+
+
+# An auth-service table (7.6+: smtpd sends "check auth user:password"). It appends to
+# argv[1] how each password for a known user arrived ("intact", "lower-cased", "other"),
+# and the smtpd version it was told; never the password.
+AUTH = SHEBANG + """\
+import hmac
+import sys
+from opensmtpd.table import Table
+
+PASSWORDS = {"alice": "Correct-Horse"}
+table = Table()
+
+
+@table.check("auth")
+def auth(key):
+    user, _, password = key.partition(":")
+    expected = PASSWORDS.get(user)
+    if expected is None:
+        return False
+    how = ("intact" if password == expected else
+           "lower-cased" if password == expected.lower() else "other")
+    with open(sys.argv[1], "a") as seen:
+        seen.write(f"{how} {table.protocol} {table.smtpd_version}\\n")
+    return hmac.compare_digest(password.encode(), expected.encode())
+
+
+table.run()
+"""

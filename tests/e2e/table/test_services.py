@@ -1,13 +1,15 @@
-"""A Python table serves real smtpd 6.8 (imsg) and 7.6 (native) for every service."""
+"""A Python table serves real smtpd 6.8 (imsg), 7.6 and 7.9 (native) for every service."""
 
 from __future__ import annotations
 
 import os
+import smtplib
+import ssl
 from pathlib import Path
 
-from opensmtpd.testing import Root, free_port, maildir_messages, send, wait_for
+from opensmtpd.testing import Outcome, Root, free_port, maildir_messages, send, wait_for
 
-from .backends import MAPPING, seed
+from .backends import AUTH, MAPPING, seed
 
 
 def _files(host: Path, inside: str) -> None:
@@ -85,11 +87,12 @@ match from any for domain "seed.test" action "fwd"
     assert server.running()
 
 
-def test_credentials_smtp_auth(chroot_root: Root, workdir, smtpd, sink) -> None:
-    """SMTP AUTH against a Python credentials table (7.6: Debian 12's 6.8 has no inbound TLS)."""
-    host, inside = workdir(chroot_root)
-    (host / "creds").write_text(f"alice {chroot_root.crypt('Correct-Horse')}\n")
-    chroot_root.pki()
+def test_credentials_smtp_auth(line_root: Root, workdir, smtpd, sink) -> None:
+    """SMTP AUTH against a Python credentials table (7.6, 7.9: Debian 12's 6.8 has no
+    inbound TLS)."""
+    host, inside = workdir(line_root)
+    (host / "creds").write_text(f"alice {line_root.crypt('Correct-Horse')}\n")
+    line_root.pki()
     backends = {"pyos-map": MAPPING}
     port = free_port()
     conf = f"""
@@ -100,7 +103,7 @@ listen on 127.0.0.1 port {port} tls pki mx.test auth <creds> hostname mx.test
 action "out" relay host smtp://127.0.0.1:{sink.port}
 match from any auth for domain "example.net" action "out"
 """
-    server = smtpd(chroot_root, conf, backends)
+    server = smtpd(line_root, conf, backends)
     server.start(ready_tables=("creds",), port=port)
     ok = send(port, "alice@client.test", "bob@example.net", starttls=True,
               auth=("alice", "Correct-Horse"))
@@ -113,3 +116,70 @@ match from any auth for domain "example.net" action "out"
     assert (unknown.stage, unknown.code) == ("auth", 535), unknown
     assert wait_for(lambda: sink.recipients() == ["bob@example.net"]), server.log()
     assert "Correct-Horse" not in server.log()
+
+
+def _auth_plain_then_send(port: int, user: str, password: str, rcpt: str) -> Outcome:
+    """STARTTLS, one AUTH PLAIN (smtplib's login() would retry with LOGIN after a 535),
+    then a message if it passed."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as client:
+        client.ehlo()
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        client.starttls(context=context)
+        client.ehlo()
+        client.user, client.password = user, password
+        try:
+            code, text = client.auth("PLAIN", client.auth_plain)
+        except smtplib.SMTPAuthenticationError as exc:
+            return Outcome(exc.smtp_code, str(exc.smtp_error), "auth")
+        assert code == 235, (code, text)
+        for stage, (code, reply) in (("mail", client.mail(f"{user}@client.test")),
+                                     ("rcpt", client.rcpt(rcpt))):
+            if code != 250:
+                return Outcome(code, reply.decode(errors="replace"), stage)
+        code, reply = client.data(b"Subject: auth\r\n\r\nhello\r\n")
+        return Outcome(code, reply.decode(errors="replace"), "data")
+
+
+def test_auth_service_password_case(line_root: Root, workdir, smtpd, sink) -> None:
+    """An ``auth`` table (Table API, ``@table.check("auth")``) with a mixed-case password.
+
+    smtpd 7.9 passes ``user:password`` as typed: 235, and a wrong password 535. smtpd 7.6
+    lower-cases the key first (table.c, OpenSMTPD/OpenSMTPD#1268): the right password
+    arrives as ``correct-horse`` and can never match, so it is refused 535 too.
+    """
+    host, inside = workdir(line_root)
+    seen = host / "seen"
+    seen.touch()
+    seen.chmod(0o666)  # the table runs as user opensmtpd
+    crt, key = line_root.pki()
+    port = free_port()
+    conf = f"""
+pki mx.test cert "{crt}"
+pki mx.test key "{key}"
+table creds pyos-auth:{inside}/seen
+listen on 127.0.0.1 port {port} tls pki mx.test auth <creds> hostname mx.test
+action "out" relay host smtp://127.0.0.1:{sink.port}
+match from any auth for domain "example.net" action "out"
+"""
+    server = smtpd(line_root, conf, {"pyos-auth": AUTH})
+    server.start(ready_tables=("creds",), port=port)
+    right = _auth_plain_then_send(port, "alice", "Correct-Horse", "bob@example.net")
+    wrong = _auth_plain_then_send(port, "alice", "Wrong-Horse", "bob@example.net")
+    assert (wrong.stage, wrong.code) == ("auth", 535), wrong
+    version = {"7.6": "7.6.0", "7.9": "7.9.0"}[line_root.name]
+    if line_root.name == "7.9":
+        assert right.accepted, right
+        assert wait_for(lambda: sink.recipients() == ["bob@example.net"]), server.log()
+        arrived = "intact"
+    else:
+        assert (right.stage, right.code) == ("auth", 535), right
+        arrived = "lower-cased"
+    assert seen.read_text().splitlines() == [f"{arrived} native {version}",
+                                             f"other native {version}"]
+    assert server.running()
+    # the password is in smtpd's own -T lookup trace, never in a line of the table's
+    leaks = [line for line in server.log().splitlines()
+             if "Correct-Horse" in line and 'lookup: match "alice:' not in line]
+    assert not leaks, leaks

@@ -155,6 +155,40 @@ def test_unknown_names_refused_at_registration() -> None:
         Filter(tempfail_reply="550 5.0.0 no")
 
 
+HANDSHAKE_79 = [line.replace("7.6.0", "7.9.0") for line in HANDSHAKE_76]
+
+
+@pytest.mark.parametrize(("handshake", "logged"), [
+    (HANDSHAKE_79, "smtpd 7.9.0 has no wiz phase (registering it would stop smtpd): "
+                   "the wiz handler is not registered"),
+    ([line.replace("7.6.0-portable", "nightly") for line in HANDSHAKE_76],
+     "smtpd version 'nightly' unknown: the wiz handler is not registered "
+     "(smtpd >= 7.9 stops on it)"),
+])
+def test_wiz_handler_not_registered_where_fatal(handshake: list[str], logged: str,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    f = Filter()
+    f.on_phase("wiz", lambda s, q: None)
+    f.on_phase("mail-from", lambda s, q: reject("550 5.7.1 no"))
+    with caplog.at_level(logging.WARNING, logger="opensmtpd.filter"):
+        out = feed(f, handshake)
+    assert out == ["register|report|smtp-in|link-disconnect",
+                   "register|filter|smtp-in|mail-from", "register|ready"]
+    assert [r.getMessage() for r in caplog.records if "wiz" in r.getMessage()] == [logged]
+    # the other phases work as before
+    assert feed(f, [q("mail-from", "a@b.test")]) == [answer("reject|550 5.7.1 no")]
+
+
+def test_wiz_handler_registered_where_smtpd_has_the_phase(
+        caplog: pytest.LogCaptureFixture) -> None:
+    for handshake in (HANDSHAKE_68, HANDSHAKE_76):
+        f = Filter()
+        f.on_phase("wiz", lambda s, q: None)
+        with caplog.at_level(logging.WARNING, logger="opensmtpd.filter"):
+            assert "register|filter|smtp-in|wiz" in feed(f, handshake)
+    assert not caplog.records
+
+
 def test_nothing_registered_is_still_a_valid_handshake() -> None:
     assert feed(Filter(), HANDSHAKE_76) == ["register|ready"]
 

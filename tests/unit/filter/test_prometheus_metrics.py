@@ -298,3 +298,23 @@ def test_promtool_check_metrics_clean() -> None:
     text = rig.exposition()
     helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
     assert len(helps) == len(set(helps))
+
+
+def test_ehlo_mid_transaction_on_79_is_one_rollback() -> None:
+    """Recorded from smtpd 7.9.0p0 (Debian sid): EHLO, MAIL, RCPT, EHLO again, MAIL, RCPT,
+    DATA. 7.9 treats the second EHLO as RSET (tx-rollback, tx-reset, link-identify); the
+    file also holds the harness's readiness probe, a session that only connects."""
+    lines = (transcripts.DATA / "smtpd-7.9-ehlo.in").read_text().splitlines()
+    rig = Rig(*[line for line in lines if line.startswith("config|")])
+    rig.feed(*[line for line in lines if not line.startswith("config|")])
+    i = {"direction": "smtp-in"}
+    assert rig.value("smtpd_sessions_total", family="inet4", **i) == 2
+    assert rig.value("smtpd_sessions_active", family="inet4", **i) == 0
+    assert rig.value("smtpd_transactions_begun_total", **i) == 2
+    assert rig.value("smtpd_transactions_rolled_back_total", **i) == 1
+    assert rig.value("smtpd_transactions_committed_total", **i) == 1
+    assert rig.value("smtpd_mail_from_total", result="ok", **i) == 2
+    assert rig.value("smtpd_rcpt_to_total", result="ok", **i) == 2
+    assert rig.value("smtpd_time_to_commit_seconds_count", **i) == 1
+    assert rig.value("smtpd_exporter_unparsed_lines_total") == 0
+    assert 'smtpd_version="7.9.0-portable"' in rig.exposition()

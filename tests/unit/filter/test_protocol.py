@@ -336,6 +336,21 @@ def test_registration_never_sends_what_smtpd_would_fatal_on() -> None:
     assert registration(_config(), {}, ()) == ["register|ready"]
 
 
+@pytest.mark.parametrize(("smtpd", "wiz"), [
+    ("6.6.4p1", True), ("6.8.0p2", True), ("7.6.0-portable", True), ("7.8.0-portable", True),
+    ("7.9.0-portable", False), ("7.9.0", False), ("7.10.1", False),
+    ("", False), ("garbage", False),  # unknown: wiz could be fatal, so it is left out
+])
+def test_registration_leaves_out_wiz_from_79(smtpd: str, wiz: bool) -> None:
+    # smtpd 7.9 removed FILTER_WIZ: register|filter|smtp-in|wiz is fatalx there
+    config = ev.Config(smtpd, "0.7", 300, frozenset({"smtp-in"}))
+    lines = registration(config, {}, {"wiz", "helo", "commit"})
+    assert lines == ["register|filter|smtp-in|helo", *(["register|filter|smtp-in|wiz"]
+                     if wiz else []), "register|filter|smtp-in|commit", "register|ready"]
+    assert config.accepts_phase("wiz") is wiz
+    assert all(config.accepts_phase(p) for p in ev.PHASES if p != "wiz")
+
+
 def test_answer_order_by_version() -> None:
     q4 = ev.Query("0.4", 1.0, "smtp-in", "helo", "aaaaaaaaaaaaaaaa", "tttttttttttttttt", "x")
     q6 = ev.Query("0.6", 1.0, "smtp-in", "helo", "aaaaaaaaaaaaaaaa", "tttttttttttttttt", "x")

@@ -172,6 +172,33 @@ def test_same_backend_serves_each_generation(start: Started,
         assert driver.services == (Service.ALIAS, Service.DOMAIN, Service.SOURCE)
 
 
+VERSIONED = """
+from opensmtpd.table import Table
+
+table = Table()
+
+@table.lookup("alias")
+def alias(key):
+    return f"{table.protocol}-{table.smtpd_version}@example.org"
+
+table.run()
+"""
+
+
+@pytest.mark.parametrize(("protocol", "announced", "seen"), [
+    ("native", "7.9.0-portable", "native-7.9.0"),
+    ("native", "7.6.0-portable", "native-7.6.0"),
+    ("native", "someday", "native-None"),  # unknown: None, never a guess
+    ("imsg", "", "imsg-None"),  # smtpd <= 7.5 sends no version
+    ("2020", "", "2020-None"),
+])
+def test_handlers_see_the_generation_and_smtpd_version(
+        start: Started, make_backend: Callable[..., Path], protocol: str, announced: str,
+        seen: str) -> None:
+    driver = start(make_backend(VERSIONED), protocol=protocol, smtpd_version=announced)
+    assert driver.lookup(Service.ALIAS, "root") == Found(f"{seen}@example.org")
+
+
 def spawn(script: Path) -> tuple[socket.socket, subprocess.Popen[bytes]]:
     """smtpd 7.6's setup: one socket on fd 0 and fd 1, argv[0] the table name."""
     ours, theirs = socket.socketpair()
