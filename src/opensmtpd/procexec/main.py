@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn
 
-from .. import __version__
+from ..extras import self_test
 from .bridge import PROTOCOLS, Bridge, Settings
 
 monotonic = time.monotonic
@@ -498,10 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"table-procexec: {exc}", file=sys.stderr)
         return EX_USAGE
     if args.self_test:
-        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        print(f"table-procexec {__version__}: python {sys.version.split()[0]} "
-              f"({sys.executable}), library {package}")
-        return 0
+        return self_test("table-procexec")
     bridge = Bridge(settings, pid=os.getpid())
     setup_logging(bridge)
     return Runtime(bridge, command).run()
