@@ -1,7 +1,7 @@
 """table-procexec: serve an smtpd <= 7.5 table from any line-protocol table program.
 
-smtpd.conf (the executable must be PATH_LIBEXEC/table-procexec: `opensmtpd-table install
-procexec` puts it there)::
+smtpd.conf (the executable must be PATH_LIBEXEC/table-procexec: Debian's
+opensmtpd-table-procexec package or `opensmtpd-table install procexec` puts it there)::
 
     table aliases "procexec:/usr/local/bin/table-foobar -f /etc/mail/foobar.conf"
 
