@@ -18,6 +18,7 @@ from pathlib import Path
 
 from opensmtpd.testing import Outcome, Root, Smtpd, free_port, maildir_messages, send, wait_for
 
+from ..conftest import Sink
 from .chroots import DebChroot
 
 WORK = "/var/tmp/pyos-deb"
@@ -194,3 +195,43 @@ def test_packages_serve_a_real_smtpd_and_leave_cleanly(deb_chroot: DebChroot,
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# The package's launcher with prometheus_client made unimportable: a fake, since the
+# package depends on python3-prometheus-client (pip users can lack the extra).
+FAKE_NO_CLIENT = '''#!/usr/bin/python3 -I
+import sys
+
+sys.modules["prometheus_client"] = None  # import fails as if it were not installed
+from opensmtpd.prometheus.main import main
+
+sys.exit(main())
+'''
+
+
+def test_filter_prometheus_without_its_client_lets_mail_through(
+        deb_chroot: DebChroot, tmp_path: Path, sink: Sink) -> None:
+    chroot = deb_chroot
+    port = free_port()
+    conf = f"""
+filter "prometheus" proc-exec "filter-fake-no-client -exporter 127.0.0.1:{free_port()}"
+listen on 127.0.0.1 port {port} filter "prometheus"
+action "out" relay host smtp://127.0.0.1:{sink.port}
+match from any for domain "relay.test" action "out"
+"""
+    launcher = chroot.path / "usr/libexec/opensmtpd/filter-fake-no-client"
+    launcher.write_text(FAKE_NO_CLIENT)
+    launcher.chmod(0o755)
+    server = Smtpd(Root(chroot.path, chroot.series), conf, tmp_path / "smtpd.log", SMTPD_ENV)
+    try:
+        server.start(port=port)
+        outcome = send(port, "sender@client.test", "someone@relay.test")
+        assert outcome.accepted, f"{outcome}\n{server.log()}"
+        assert wait_for(lambda: sink.recipients() == ["someone@relay.test"]), server.log()
+        lines = [line for line in server.log().splitlines() if "prometheus_client" in line]
+        assert len(lines) == 1 and "pip install 'py-opensmtpd[prometheus]'" in lines[0], lines
+        assert "Traceback" not in server.log()
+        assert server.running()
+    finally:
+        server.stop()
+        launcher.unlink()
