@@ -20,7 +20,9 @@ from pathlib import Path
 
 from opensmtpd.consul.store import EmbeddedStore
 from opensmtpd.install import launcher_source
-from opensmtpd.testing import Root, Smtpd, free_port, maildir_messages, send, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness
+from harness.smtpd import Root, Smtpd, free_port, maildir_messages, send, wait_for
 
 WORK = "/var/tmp/pyos-demo"
 KV = [str(Path(sys.executable).parent / "table-consul"), "kv", "-c", f"{WORK}/table-consul.conf"]

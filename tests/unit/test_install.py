@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.smtpd import free_port, wait_for
 
 from opensmtpd.cli.table import main
 from opensmtpd.install import detect_libexec, launcher_source
 from opensmtpd.table import Found, Service
 from opensmtpd.table.driver import Driver
-from opensmtpd.testing import free_port, wait_for
 
 from .procexec.conftest import CHILDREN, DATA
 

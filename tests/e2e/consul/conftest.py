@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.consul import Agent, Cluster, cluster, consul_binary, dev_agent
+from harness.smtpd import Outcome, Root, Smtpd, free_port, send
 
-from opensmtpd.consul.testing import Agent, Cluster, cluster, consul_binary, dev_agent
 from opensmtpd.install import launcher_source
-from opensmtpd.testing import Outcome, Root, Smtpd, free_port, send
 
 ACL_TOKEN = "3c0ffee0-dead-4bee-8f00-000000e2e001"  # the harness's management token
 
@@ -139,6 +139,6 @@ def group_id(root: Root, name: str) -> int:
 
 
 def table_pids(server: Smtpd) -> list[int]:
-    from opensmtpd.testing import descendants
+    from harness.smtpd import descendants
 
     return [server.pid, *descendants(server.pid)]

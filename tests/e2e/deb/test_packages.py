@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from opensmtpd.testing import Outcome, Root, Smtpd, free_port, maildir_messages, send, wait_for
+from harness.smtpd import Outcome, Root, Smtpd, free_port, maildir_messages, send, wait_for
 
 from ..conftest import Sink
 from .chroots import DebChroot
