@@ -25,7 +25,8 @@ DIST_DIR := build/dist
 demo: deps venv
 	$(PY) examples/demo.py
 
-# tests/packaging installs build/deb's packages in clean Debian 12 and 13 chroots
+# tests/artifacts checks build/deb and build/dist; tests/e2e/deb installs the .debs in
+# fresh Debian 12, 13 and sid chroots, under each one's own smtpd
 test: deps venv chroot consul lint deb dist
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
