@@ -13,12 +13,20 @@ BULLSEYE_APT := -o Dir::Etc::sourcelist=$(CURDIR)/$(BULLSEYE)/sources.list \
   -o Dir::State::Lists=$(CURDIR)/$(BULLSEYE)/lists -o Dir::Cache=$(CURDIR)/$(BULLSEYE)/cache \
   -o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 
-.PHONY: demo test deps venv chroot consul lint bench clean
+# Debian packages (make deb): built with Debian's own tooling, into build/deb
+DEB_DIR := build/deb
+DEB_BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject python3-all python3-hatchling \
+  lintian
+DIST_DIR := build/dist
+
+.PHONY: demo test deps venv chroot consul lint bench clean deb deb-deps dist
 
 demo: deps venv
 	$(PY) examples/demo.py
 
-test: deps venv chroot consul lint
+# tests/artifacts checks build/deb and build/dist; tests/e2e/deb installs the .debs in
+# fresh Debian 12, 13 and sid chroots, under each one's own smtpd
+test: deps venv chroot consul lint deb dist
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: venv
@@ -69,6 +77,28 @@ build/%/.prometheus-client: build/%/.installed
 	  chroot build/$* apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive chroot build/$* apt-get install -y -q python3-prometheus-client; }
 	touch $@
+
+deb-deps:
+	@dpkg -s $(DEB_BUILD_DEPS) >/dev/null 2>&1 || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_BUILD_DEPS); }
+
+# dpkg-buildpackage writes next to the source tree: build a copy of the checkout
+deb: deb-deps
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src/py-opensmtpd
+	tar -c --exclude-vcs --exclude=./build --exclude=./.venv --exclude=./dist \
+	  --exclude=__pycache__ --exclude='*.egg-info' --exclude=.mypy_cache --exclude=.ruff_cache \
+	  --exclude=.pytest_cache --exclude=.hypothesis . | tar -x -C $(DEB_DIR)/src/py-opensmtpd
+	@# the system python3 only (not one from a pyenv or virtualenv earlier in PATH)
+	cd $(DEB_DIR)/src/py-opensmtpd && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	mv $(DEB_DIR)/src/*.deb $(DEB_DIR)/src/*.changes $(DEB_DIR)/src/*.buildinfo $(DEB_DIR)/
+	rm -rf $(DEB_DIR)/src
+	lintian --fail-on error --info $(DEB_DIR)/*.changes
+
+# The wheel and sdist PyPI would get, checked by twine
+dist: venv
+	rm -rf $(DIST_DIR)
+	$(PY) -m build --outdir $(DIST_DIR) .
+	$(PY) -m twine check --strict $(DIST_DIR)/*
 
 consul: $(CONSUL)
 $(CONSUL):

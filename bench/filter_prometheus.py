@@ -42,7 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from opensmtpd.prometheus.metrics import EVENTS
-from opensmtpd.testing import Root, Smtpd, chroot_mounts, free_port, port_open, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness
+from harness.smtpd import Root, Smtpd, chroot_mounts, free_port, port_open, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSCRIPT = REPO / "tests" / "unit" / "filter" / "data" / "smtpd-6.8.in"

@@ -18,9 +18,11 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from opensmtpd.consul.install import wrapper_source
 from opensmtpd.consul.store import EmbeddedStore
-from opensmtpd.testing import Root, Smtpd, free_port, maildir_messages, send, wait_for
+from opensmtpd.install import launcher_source
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness
+from harness.smtpd import Root, Smtpd, free_port, maildir_messages, send, wait_for
 
 WORK = "/var/tmp/pyos-demo"
 KV = [str(Path(sys.executable).parent / "table-consul"), "kv", "-c", f"{WORK}/table-consul.conf"]
@@ -121,7 +123,7 @@ match from any for domain <domains> action "local"
     print(f"smtpd.conf:{conf}")
     log = Path(tempfile.mkdtemp(prefix="pyos-demo-")) / "smtpd.log"
     server = Smtpd(root, conf, log, root.smtpd_env(), backends={
-        "pyos-demo": BACKEND, "consul": wrapper_source("/usr/bin/python3")})
+        "pyos-demo": BACKEND, "consul": launcher_source("consul")})
     try:
         kv("put", "aliases/alias/root", "alice")
         kv("put", "aliases/alias/postmaster", "alice, bob")

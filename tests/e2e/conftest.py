@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-
-from opensmtpd.testing import Root, Smtpd, chroot_mounts, free_port
+from harness.smtpd import Root, Smtpd, chroot_mounts, free_port
 
 from .paths import REPO
 

@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from opensmtpd.testing import chroot_mounts, lock_name
+from harness.smtpd import chroot_mounts, lock_name
 
 
 def test_last_user_unmounts(tmp_path: Path) -> None:

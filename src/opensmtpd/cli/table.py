@@ -4,7 +4,8 @@
         [--table NAME] [--config ARG] [--key SERVICE=KEY ...] [--smtpd-version V] \\
         -- COMMAND [ARGS...] {check SERVICE KEY | lookup SERVICE KEY | fetch SERVICE |
                               update | conform}
-    opensmtpd-table install procexec [--libexec DIR] [...]   (see docs/table-procexec.md)
+    opensmtpd-table install {procexec|consul|prometheus} [--libexec DIR] [...]
+        (for pip installs: puts a launcher where smtpd looks; see docs/getting-started.md)
 
 The action comes after the command: ``opensmtpd-table -- ./table.py lookup alias root``.
 Exit status: 0 found/ok, 1 not-found, 2 error reply, 3 smtpd would exit or hang, 64 usage.
@@ -96,8 +97,8 @@ def probe_keys(options: Sequence[str]) -> dict[Service, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    if words[:1] == ["install"]:  # opensmtpd-table install procexec [...]
-        from ..procexec.install import main as install
+    if words[:1] == ["install"]:  # opensmtpd-table install PRODUCT [...]
+        from ..install import main as install
 
         return install(words[1:])
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..extras import MissingExtra, require
 from ..table import Op, Request, Service, Table, TempFail
 from ..table.services import ALL_BUT_AUTH
 from .config import Config, ConfigError
@@ -29,7 +30,8 @@ MAX_PREFIXES = 16  # one process serves one smtpd table: a handful of prefixes a
 
 def make_source(config: Config) -> Source:
     if config.store == "consul":
-        from .client import ConsulClient  # httpx is needed for Consul only
+        require("httpx")  # needed for Consul only: MissingExtra says how to get it
+        from .client import ConsulClient
 
         return ConsulClient(config)
     return EmbeddedSource(config.database, config.poll_interval)
@@ -140,7 +142,10 @@ def build_table(config_path: str | None) -> Table:
     except ConfigError as exc:
         log.error("configuration error: %s; answering every request with error", exc)
         return BrokenTable(f"configuration error: {exc}")
-    except Exception as exc:  # e.g. httpx missing: exiting would take smtpd 6.8 down
+    except MissingExtra as exc:
+        log.error("cannot start: %s; answering every request with error", exc)
+        return BrokenTable("cannot start: httpx missing")
+    except Exception as exc:  # exiting would take smtpd 6.8 down
         log.error("cannot start (%s: %s); answering every request with error",
                   type(exc).__name__, exc)
         return BrokenTable(f"cannot start: {type(exc).__name__}")

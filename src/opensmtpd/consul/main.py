@@ -1,9 +1,13 @@
-"""The ``table-consul`` command: smtpd's table backend, plus kv/check/install for admins.
+"""The ``table-consul`` command: smtpd's table backend, plus kv/check for admins.
 
-    table-consul [CONFIG]                     what smtpd runs (table NAME consul:CONFIG)
+    table-consul [CONFIG]                     what smtpd runs (table NAME consul[:CONFIG])
     table-consul kv [-c CONFIG] list [PREFIX] | get KEY | put KEY VALUE|- | delete [-r] KEY
     table-consul check [CONFIG]               validate a config, print the effective one
-    table-consul install [--libexec DIR] [--python PATH] [--library DIR | --no-library]
+    table-consul --self-test                  can this user and interpreter run it?
+
+Without CONFIG, every form reads /etc/mail/table-consul.conf if it exists (Debian's
+opensmtpd-table-consul installs it), else uses the defaults. Installing it where smtpd
+looks: the package, or ``opensmtpd-table install consul`` (opensmtpd.install).
 
 smtpd starts a table with argv[0] = the table name and argv[1] = the config path (an
 absolute path, or nothing): any other first argument is a subcommand. The ACL token is
@@ -17,10 +21,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..extras import require, self_test
 from .config import Config, ConfigError, load
 
 DEFAULT_CONFIG = "/etc/mail/table-consul.conf"
-SUBCOMMANDS = ("kv", "check", "install")
+SUBCOMMANDS = ("kv", "check")
 
 
 def serve(config_path: str | None) -> int:
@@ -28,7 +33,7 @@ def serve(config_path: str | None) -> int:
     from .backend import build_table
 
     setup_logging()
-    table = build_table(config_path)
+    table = build_table(config_path or _default_config())
     table.run()
     return 0
 
@@ -43,6 +48,7 @@ class _KV:
     def __init__(self, config: Config) -> None:
         self.config = config
         if config.store == "consul":
+            require("httpx")
             from .client import ConsulClient
 
             self.consul: ConsulClient | None = ConsulClient(config)
@@ -105,16 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config, print the effective one")
     check.add_argument("config", nargs="?", default=None)
 
-    install = commands.add_parser("install", help="install table-consul for smtpd")
-    install.add_argument("--libexec", default="/usr/libexec/opensmtpd",
-                         help="smtpd's PATH_LIBEXEC (default: %(default)s)")
-    install.add_argument("--python", default="/usr/bin/python3",
-                         help="interpreter user opensmtpd runs (default: %(default)s)")
-    where = install.add_mutually_exclusive_group()
-    where.add_argument("--library", default="/usr/local/lib/py-opensmtpd",
-                       help="copy this package there, world-readable (default: %(default)s)")
-    where.add_argument("--no-library", action="store_true",
-                       help="the package is already importable by --python")
     return parser
 
 
@@ -145,19 +141,6 @@ def _kv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install(args: argparse.Namespace) -> int:
-    from .install import install, missing_modules
-
-    library = None if args.no_library else args.library
-    target = install(args.libexec, args.python, library)
-    print(f"installed {target}" + (f" (library in {library})" if library else ""))
-    missing = missing_modules(args.python, library)
-    if missing:
-        print(f"warning: {args.python} cannot import {', '.join(missing)} "
-              "(Debian: apt-get install python3-httpx)", file=sys.stderr)
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or (args[0].startswith("/") and len(args) == 1):
@@ -165,14 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _parser().print_help(sys.stderr)
             return 2
         return serve(args[0] if args else None)
+    if args == ["--self-test"]:
+        return self_test("table-consul", wants=("httpx",))
     parsed = _parser().parse_args(args)
     try:
         if parsed.command == "kv":
             return _kv(parsed)
-        if parsed.command == "check":
-            print(load(parsed.config or _default_config()).describe())
-            return 0
-        return _install(parsed)
+        print(load(parsed.config or _default_config()).describe())
+        return 0
     except ConfigError as exc:
         print(f"table-consul: configuration error: {exc}", file=sys.stderr)
         return 2

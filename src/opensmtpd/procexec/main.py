@@ -1,7 +1,7 @@
 """table-procexec: serve an smtpd <= 7.5 table from any line-protocol table program.
 
-smtpd.conf (the executable must be PATH_LIBEXEC/table-procexec: `opensmtpd-table install
-procexec` puts it there)::
+smtpd.conf (the executable must be PATH_LIBEXEC/table-procexec: Debian's
+opensmtpd-table-procexec package or `opensmtpd-table install procexec` puts it there)::
 
     table aliases "procexec:/usr/local/bin/table-foobar -f /etc/mail/foobar.conf"
 
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn
 
-from .. import __version__
+from ..extras import self_test
 from ..table.procexec2020 import FORMS
 from .bridge import PROTOCOLS, Bridge, Settings
 
@@ -502,10 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"table-procexec: {exc}", file=sys.stderr)
         return EX_USAGE
     if args.self_test:
-        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        print(f"table-procexec {__version__}: python {sys.version.split()[0]} "
-              f"({sys.executable}), library {package}")
-        return 0
+        return self_test("table-procexec")
     bridge = Bridge(settings, pid=os.getpid())
     setup_logging(bridge)
     return Runtime(bridge, command).run()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+if TYPE_CHECKING:  # imported when serving: main() explains a missing prometheus_client
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("opensmtpd.prometheus")
 DEFAULT_ADDRESS = "127.0.0.1:13742"  # the seed's port, on loopback
@@ -48,6 +50,8 @@ class Exporter:
         while True:
             self.attempts += 1
             try:
+                from prometheus_client import start_http_server
+
                 start_http_server(self.port, addr=self.host, registry=self.registry)
             except Exception as exc:  # OSError mostly; anything else must not kill us
                 if self.attempts <= 3 or self.attempts % 20 == 0:

@@ -5,7 +5,9 @@
     action "out" relay filter "prometheus"
 
 Built on the public opensmtpd.filter API. It never exits on its own while smtpd runs
-(smtpd would exit too): bad arguments are logged and replaced by the defaults.
+(smtpd would exit too): bad arguments are logged and replaced by the defaults, and
+without prometheus_client (the ``prometheus`` extra) it says so in one line and lets
+mail through unobserved.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-from prometheus_client import CollectorRegistry, ProcessCollector
+from typing import TYPE_CHECKING
 
 from opensmtpd import __version__
+from opensmtpd.extras import MissingExtra, require, self_test
 from opensmtpd.filter import Filter
 from opensmtpd.filter.runtime import setup_logging
 
 from .exporter import DEFAULT_ADDRESS, Exporter, parse_address
-from .metrics import SmtpdMetrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import SmtpdMetrics
 
 log = logging.getLogger("opensmtpd.prometheus")
 DEFAULT_MAX_SESSIONS = 100_000
@@ -65,6 +71,10 @@ def options(argv: list[str]) -> argparse.Namespace:
 
 def build(max_sessions: int = DEFAULT_MAX_SESSIONS) -> tuple[Filter, SmtpdMetrics,
                                                               CollectorRegistry]:
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from .metrics import SmtpdMetrics
+
     f = Filter("prometheus", max_sessions=max_sessions)
     metrics = SmtpdMetrics()
     metrics.attach(f)
@@ -74,14 +84,27 @@ def build(max_sessions: int = DEFAULT_MAX_SESSIONS) -> tuple[Filter, SmtpdMetric
     return f, metrics, registry
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["--self-test"]:
+        return self_test("filter-prometheus", needs=("prometheus_client",))
     setup_logging("prometheus")
-    args = options(sys.argv[1:] if argv is None else argv)
+    args = options(words)
+    try:
+        require("prometheus_client")
+    except MissingExtra as exc:
+        if sys.stdin.isatty():  # a human: the one line is enough
+            print(f"filter-prometheus: {exc}", file=sys.stderr)
+            return 1
+        log.error("%s; no metrics: mail passes through unobserved", exc)
+        Filter("prometheus").run()  # smtpd exits if a filter does: serve it, registering nothing
+        return 0
     f, _, registry = build(args.max_sessions)
     host, port = args.address
     Exporter(host, port, registry).start()
     f.run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.consul import Agent, Cluster, cluster, consul_binary, dev_agent
+from harness.smtpd import Outcome, Root, Smtpd, free_port, send
 
-from opensmtpd.consul.install import wrapper_source
-from opensmtpd.consul.testing import Agent, Cluster, cluster, consul_binary, dev_agent
-from opensmtpd.testing import Outcome, Root, Smtpd, free_port, send
+from opensmtpd.install import launcher_source
 
 ACL_TOKEN = "3c0ffee0-dead-4bee-8f00-000000e2e001"  # the harness's management token
 
@@ -67,7 +67,7 @@ def consul_cluster(consul_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
 # run by the root's /usr/bin/python3 (httpx from Debian's python3-httpx), the library on
 # PYTHONPATH (smtpd passes its environment). The harness installs it under the root's
 # smtpd lock and removes it when smtpd stops: ``smtpd(root, conf, backends=BACKENDS)``.
-BACKENDS = {"consul": wrapper_source("/usr/bin/python3")}
+BACKENDS = {"consul": launcher_source("consul")}
 
 
 SEED_CONF = """
@@ -139,6 +139,6 @@ def group_id(root: Root, name: str) -> int:
 
 
 def table_pids(server: Smtpd) -> list[int]:
-    from opensmtpd.testing import descendants
+    from harness.smtpd import descendants
 
     return [server.pid, *descendants(server.pid)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opensmtpd.consul.testing import Agent
-from opensmtpd.testing import Root, free_port, send, wait_for
+from harness.consul import Agent
+from harness.smtpd import Root, free_port, send, wait_for
 
 from .conftest import (
     ACL_TOKEN,

@@ -6,8 +6,8 @@ the cluster has no leader; after the new election a change is picked up as usual
 
 from __future__ import annotations
 
-from opensmtpd.consul.testing import Cluster
-from opensmtpd.testing import Root, send, wait_for
+from harness.consul import Cluster
+from harness.smtpd import Root, send, wait_for
 
 from .conftest import accepted_after_tempfails, start_seed_smtpd, synced, write_conf
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from opensmtpd.consul.testing import Agent
-from opensmtpd.testing import Outcome, Root, send, wait_for
+from harness.consul import Agent
+from harness.smtpd import Outcome, Root, send, wait_for
 
 from .conftest import accepted_after_tempfails, start_seed_smtpd, synced, write_conf
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from harness.consul import Agent
+from harness.smtpd import Root, send, wait_for
 
 from opensmtpd.consul.store import EmbeddedStore
-from opensmtpd.consul.testing import Agent
-from opensmtpd.testing import Root, send, wait_for
 
 from .conftest import accepted_after_tempfails, start_seed_smtpd, synced, write_conf
 

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from opensmtpd.testing import free_port, port_open
+from harness.smtpd import free_port, port_open
 
 from ..paths import REPO
 

@@ -3,7 +3,7 @@ handler for would kill smtpd: smtpd 7.9 exits on ``register|filter|smtp-in|wiz``
 
 from __future__ import annotations
 
-from opensmtpd.testing import Root, free_port, send, wait_for
+from harness.smtpd import Root, free_port, send, wait_for
 
 WIZ_FILTER = """\
 from opensmtpd.filter import Filter, reject

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opensmtpd.testing import Root, Smtpd, free_port, send, wait_for
+from harness.smtpd import Root, Smtpd, free_port, send, wait_for
 
 from .conftest import FILTER_CMD, IdleClient, promtool, scrape, wait_exporter
 

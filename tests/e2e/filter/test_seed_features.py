@@ -11,7 +11,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 
-from opensmtpd.testing import Outcome, Root, free_port, wait_for
+from harness.smtpd import Outcome, Root, free_port, wait_for
 
 from ..table.backends import MAPPING
 from .conftest import FILTER_CMD, metric, scrape, wait_exporter

@@ -14,8 +14,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from harness.smtpd import Root
+
 from opensmtpd.cli.table import main as opensmtpd_table
-from opensmtpd.testing import Root
 
 from ..paths import REPO
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-
-from opensmtpd.testing import free_port
+from harness.smtpd import free_port
 
 
 class AuthSink:

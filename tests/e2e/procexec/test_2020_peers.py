@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from opensmtpd.testing import Root, free_port, send, wait_for
+from harness.smtpd import Root, free_port, send, wait_for
 
 from .bridged import bridge_backend, install_child, table_line
 

@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from opensmtpd.testing import Root, free_port, maildir_messages, send, wait_for
+from harness.smtpd import Root, free_port, maildir_messages, send, wait_for
 
 from ..paths import REPO
 from .bridged import bridge_backend, install_child, table_line

@@ -12,7 +12,7 @@ import smtplib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from opensmtpd.testing import (
+from harness.smtpd import (
     Outcome,
     Root,
     Smtpd,

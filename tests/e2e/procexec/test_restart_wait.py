@@ -9,7 +9,7 @@ import os
 import re
 import signal
 
-from opensmtpd.testing import Root, descendants, free_port, maildir_messages, send, wait_for
+from harness.smtpd import Root, descendants, free_port, maildir_messages, send, wait_for
 
 from .bridged import bridge_backend, install_child, table_line
 

@@ -7,7 +7,7 @@ import smtplib
 import ssl
 from pathlib import Path
 
-from opensmtpd.testing import Outcome, Root, free_port, maildir_messages, send, wait_for
+from harness.smtpd import Outcome, Root, free_port, maildir_messages, send, wait_for
 
 from .backends import AUTH, MAPPING, seed
 

@@ -15,9 +15,10 @@ import re
 import smtplib
 from pathlib import Path
 
-from opensmtpd.consul.install import wrapper_source
+from harness.smtpd import Root, free_port
+
 from opensmtpd.consul.store import EmbeddedStore
-from opensmtpd.testing import Root, free_port
+from opensmtpd.install import launcher_source
 
 from .backends import MAPPING
 
@@ -43,7 +44,7 @@ _TRACE = re.compile(r'lookup: (match|lookup) "(.*)" as (\w+) in table \w+:(\w+) 
 
 
 BACKENDS = {"file": {}, "pyos-static": {"pyos-static": MAPPING},
-            "consul": {"consul": wrapper_source("/usr/bin/python3")}}
+            "consul": {"consul": launcher_source("consul")}}
 
 
 def _conf(port: int, sink: int, inside: str, backend: str) -> str:

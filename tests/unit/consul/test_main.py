@@ -1,4 +1,4 @@
-"""The table-consul command: kv on the embedded store, check, install."""
+"""The table-consul command: kv on the embedded store, check, self-test."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from opensmtpd.consul.install import wrapper_source
-from opensmtpd.table import Found, Service
-from opensmtpd.table.driver import Driver
+import pytest
+
+import opensmtpd
 
 SCRIPT = str(Path(sys.executable).parent / "table-consul")
 
@@ -61,30 +61,32 @@ def test_check_prints_effective_settings_or_the_error(tmp_path: Path) -> None:
     assert f"{config}:3: store: invalid value 'zookeeper'" in result.stderr
 
 
-def test_install_writes_a_backend_smtpd_can_run(tmp_path: Path) -> None:
-    libexec, library = tmp_path / "libexec", tmp_path / "lib"
-    result = run("install", "--libexec", str(libexec), "--python", sys.executable,
-                 "--library", str(library))
+def test_self_test_says_what_runs_it() -> None:
+    result = run("--self-test")
     assert result.returncode == 0, result.stderr
-    backend = libexec / "table-consul"
-    assert backend.stat().st_mode & 0o755 == 0o755
-    assert (library / "opensmtpd" / "consul" / "main.py").stat().st_mode & 0o444 == 0o444
-    assert backend.read_text() == wrapper_source(sys.executable, str(library))
-    config = tmp_path / "c.conf"
-    config.write_text(f"database = {tmp_path}/kv.sqlite3\n")
-    run("kv", "-c", str(config), "put", "aliases/alias/root", "gilles")
-    # smtpd's way: argv[0] is the table name, argv[1] the config
-    with Driver([str(backend)], table="aliases", config=str(config), timeout=10,
-                stderr=subprocess.DEVNULL) as driver:
-        assert driver.lookup(Service.ALIAS, "root") == Found("gilles")
+    library = Path(opensmtpd.__file__).parent
+    assert result.stdout.startswith(f"table-consul {opensmtpd.__version__}: python "
+                                    f"{sys.version.split()[0]} (")
+    assert result.stdout.rstrip().endswith(f"library {library}")
+    assert "without httpx" not in result.stdout  # the test venv has the [consul] extra
 
 
-def test_install_warns_when_the_interpreter_lacks_a_module(tmp_path: Path) -> None:
-    result = run("install", "--libexec", str(tmp_path), "--python", sys.executable,
-                 "--no-library")
-    assert result.returncode == 0
-    # the venv has httpx and the package: nothing is missing
-    assert "cannot import" not in result.stderr
-    result = run("install", "--libexec", str(tmp_path), "--python", "/bin/false",
-                 "--no-library")
-    assert "cannot import httpx, opensmtpd.consul.main" in result.stderr
+def test_serving_without_a_config_reads_the_default_file_if_any(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opensmtpd.consul import main as consul_main
+
+    seen: list[str | None] = []
+    monkeypatch.setattr("opensmtpd.consul.backend.build_table",
+                        lambda path: seen.append(path) or _Stop())
+    default = tmp_path / "table-consul.conf"
+    monkeypatch.setattr(consul_main, "DEFAULT_CONFIG", str(default))
+    consul_main.serve(None)
+    default.write_text("")
+    consul_main.serve(None)
+    consul_main.serve("/etc/other.conf")
+    assert seen == [None, str(default), "/etc/other.conf"]
+
+
+class _Stop:
+    def run(self) -> None:
+        pass

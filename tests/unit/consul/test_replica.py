@@ -6,13 +6,13 @@ import random
 import time
 
 import pytest
+from harness.smtpd import wait_for
 
 from opensmtpd.consul.layout import DEFAULT_LAYOUT, Layout
 from opensmtpd.consul.listing import Listing
 from opensmtpd.consul.replica import Replica, Snapshot, decode_value
 from opensmtpd.consul.watcher import Watcher, next_index
 from opensmtpd.table import Service, TempFail
-from opensmtpd.testing import wait_for
 
 from .fakes import FakeSource
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.smtpd import wait_for
 
 from opensmtpd.consul.backend import BrokenTable, ConsulTable, build_table
 from opensmtpd.consul.config import load
@@ -17,7 +18,6 @@ from opensmtpd.consul.layout import Layout
 from opensmtpd.consul.store import EmbeddedStore
 from opensmtpd.table import Failed, Found, NotFound, Op, Request, Service, Updated
 from opensmtpd.table.driver import Driver
-from opensmtpd.testing import wait_for
 
 from ..table.helpers import Started
 from .fakes import FakeSource

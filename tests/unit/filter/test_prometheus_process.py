@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.smtpd import free_port
 
 from opensmtpd.prometheus.exporter import parse_address
 from opensmtpd.prometheus.main import DEFAULT_MAX_SESSIONS, options
-from opensmtpd.testing import free_port
 
 from .test_runtime import PYTHON
 

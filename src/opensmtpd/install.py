@@ -1,13 +1,16 @@
-"""``opensmtpd-table install procexec``: put table-procexec where smtpd <= 7.5 looks for it.
+"""``opensmtpd-table install procexec|consul|prometheus``: for pip users, put a product
+where smtpd looks for it (with Debian's packages there is nothing to do).
 
-smtpd runs ``PATH_LIBEXEC/table-<backend>`` as its unprivileged user (``opensmtpd`` on
-Debian, table-protocols.md §1.1), so what is installed there must not depend on anything
-that user cannot read — a virtualenv under /root, for one. Hence no symlink to the
-console script: the package (pure Python, no dependencies) is copied to a world-readable
-directory, and the launcher is a short Python script run by a system interpreter with
-``-I`` (smtpd's PYTHONPATH and user site-packages do not apply to it; the child still
-inherits smtpd's environment unchanged). The install is checked by running the launcher
-as smtpd's user.
+smtpd runs ``PATH_LIBEXEC/table-<backend>`` and ``filter NAME proc-exec "filter-x"`` as
+``PATH_LIBEXEC/filter-x``, as its unprivileged user (``opensmtpd`` on Debian,
+table-protocols.md §1.1; filter-protocol.md §0), so what is installed there must not
+depend on anything that user cannot read — a virtualenv under /root, for one. Hence no
+symlink to the console script: the package is copied to a world-readable directory, and
+the launcher is a short Python script run by a system interpreter with ``-I`` (smtpd's
+PYTHONPATH and user site-packages do not apply to it; a bridged child still inherits
+smtpd's environment unchanged). Both are swapped in atomically. The install is checked
+by running the launcher as smtpd's user (``--self-test``: it imports the product and what
+it needs, e.g. prometheus_client); a launcher that user cannot run is removed again.
 """
 
 from __future__ import annotations
@@ -21,16 +24,17 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from .. import __version__
-from ..table.procexec2020 import FORMS
-from .bridge import PROTOCOLS
-from .main import UsageError
-from .main import parse_args as bridge_args
+from . import __version__
+from .procexec.bridge import PROTOCOLS
+from .procexec.main import UsageError
+from .procexec.main import parse_args as bridge_args
+from .table.procexec2020 import FORMS
 
-PACKAGE = Path(__file__).resolve().parent.parent  # the opensmtpd package
+PACKAGE = Path(__file__).resolve().parent  # the opensmtpd package
 SMTPD_CANDIDATES = ("/usr/sbin/smtpd", "/usr/local/sbin/smtpd")
 # configure.ac: $libexecdir/opensmtpd (portable), $libexecdir/smtpd (OpenBSD); smtpd.h's
 # fallback is /usr/local/libexec/smtpd.
@@ -41,21 +45,54 @@ DEFAULT_LIB = "/usr/local/lib/py-opensmtpd"
 DEFAULT_PYTHON = "/usr/bin/python3"
 _TABLE_PATH = re.compile(rb"\0(/[\x21-\x7e]+?)/table-%s\0")
 
-LAUNCHER = """\
-#!{python} -I
-# table-{name}: the table-procexec bridge of py-opensmtpd {version}, written by
-# `opensmtpd-table install procexec`. smtpd <= 7.5 runs it for
-#     table NAME "{name}:/absolute/path/to/table [ARGS...]"
-# The library is the copy in {lib}.
-# -I: smtpd's PYTHONPATH and user site-packages do not apply to the bridge
-# (its child still inherits smtpd's environment unchanged).
-import sys
 
-sys.path.insert(0, {lib!r})
-from opensmtpd.procexec.main import main
+@dataclass(frozen=True)
+class Product:
+    kind: str  # "table" or "filter": the executable is KIND-NAME
+    module: str  # whose main(argv) the launcher calls
+    usage: str  # the smtpd.conf line, {name} the backend name
+    what: str
+
+
+PRODUCTS = {
+    "procexec": Product("table", "opensmtpd.procexec.main",
+                        'table NAME "{name}:/absolute/path/to/table [ARGS...]"',
+                        "the table-procexec bridge (smtpd <= 7.5)"),
+    "consul": Product("table", "opensmtpd.consul.main",
+                      "table NAME {name}:/etc/mail/table-consul.conf",
+                      "tables from Consul KV or the embedded store"),
+    "prometheus": Product("filter", "opensmtpd.prometheus.main",
+                          'filter NAME proc-exec "filter-{name} -exporter 127.0.0.1:13742"',
+                          "the Prometheus exporter filter"),
+}
+
+LAUNCHER = """\
+#!{python}{flags}
+# {executable}: {what} of py-opensmtpd {version}, written by
+# `opensmtpd-table install {product}`. smtpd runs it for
+#     {usage}
+{where}import sys
+{path}
+from {module} import main
 
 sys.exit(main([*{options!r}, *sys.argv[1:]]))
 """
+
+
+def launcher_source(product: str, python: str = DEFAULT_PYTHON, lib: str | None = None,
+                    options: Sequence[str] = (), name: str | None = None) -> str:
+    """The launcher's text. With ``lib``, the interpreter runs isolated (-I) and imports
+    the copy there; without, the package must be importable by ``python`` as it is."""
+    spec = PRODUCTS[product]
+    name = name or product
+    where = (f"# The library is the copy in {lib}.\n# -I: smtpd's PYTHONPATH and user "
+             "site-packages do not apply to it.\n" if lib else "")
+    return LAUNCHER.format(
+        python=python, flags=" -I" if lib else "", executable=f"{spec.kind}-{name}",
+        what=spec.what, version=__version__, product=product,
+        usage=spec.usage.format(name=name), where=where,
+        path=f"\nsys.path.insert(0, {lib!r})" if lib else "", module=spec.module,
+        options=list(options))
 
 
 class InstallError(Exception):
@@ -116,17 +153,14 @@ def copy_library(lib: Path) -> None:
         for path in (staging, *staging.rglob("*")):
             path.chmod(0o755 if path.is_dir() else 0o644)
         target = lib / "opensmtpd"
-        if target.exists():  # swapped by two renames: bridges starting meanwhile find one
+        if target.exists():  # swapped by two renames: launchers starting meanwhile find one
             target.rename(staging / "previous")
         (staging / "opensmtpd").rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_launcher(path: Path, python: str, lib: Path, options: Sequence[str],
-                   name: str) -> None:
-    text = LAUNCHER.format(python=python, name=name, version=__version__, lib=str(lib),
-                           options=list(options))
+def write_launcher(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     temporary.chmod(0o755)
@@ -154,32 +188,34 @@ def check_as(user: pwd.struct_passwd, launcher: Path) -> str:
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise InstallError(f"user {user.pw_name} cannot run {launcher}: {detail[0]} "
-                           "(the interpreter and --lib must be readable by that user)")
+                           "(the interpreter, --lib and the modules it needs must be "
+                           "readable by that user)")
     return result.stdout.strip()
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog="opensmtpd-table install procexec",
-                     description="Install the table-procexec launcher into smtpd's "
-                                 "PATH_LIBEXEC.")
-    parser.add_argument("what", choices=["procexec"])
+    parser = _Parser(prog="opensmtpd-table install",
+                     description="Install a launcher into smtpd's PATH_LIBEXEC, for a "
+                                 "pip-installed py-opensmtpd (Debian's packages need none).")
+    parser.add_argument("product", choices=list(PRODUCTS))
     parser.add_argument("--libexec", help="smtpd's PATH_LIBEXEC (default: read from --smtpd)")
     parser.add_argument("--smtpd", help="the smtpd binary to read PATH_LIBEXEC from "
                                         f"(default: {' or '.join(SMTPD_CANDIDATES)})")
-    parser.add_argument("--name", default="procexec",
-                        help="backend name: installs table-NAME, used as NAME: in smtpd.conf")
+    parser.add_argument("--name", help="installs table-NAME or filter-NAME, the name "
+                                       "smtpd.conf uses (default: the product's)")
     parser.add_argument("--lib", default=DEFAULT_LIB,
                         help=f"where the library is copied (default {DEFAULT_LIB})")
     parser.add_argument("--python", default=DEFAULT_PYTHON,
                         help=f"interpreter smtpd's user can run (default {DEFAULT_PYTHON})")
     parser.add_argument("--user", help="smtpd's user, to check the install with (default: "
                                        f"the first of {', '.join(SMTPD_USERS)} that exists)")
-    group = parser.add_argument_group("bridge options baked into the launcher")
+    group = parser.add_argument_group("bridge options baked into the launcher (procexec)")
     group.add_argument("--protocol", choices=PROTOCOLS)
     group.add_argument("--form-2020", choices=FORMS)
     for option in ("--deadline", "--handshake-timeout", "--max-backoff", "--restart-after"):
         group.add_argument(option)
     args = parser.parse_args(argv)
+    args.name = args.name or args.product
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         raise InstallUsage(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only")
     return args
@@ -192,16 +228,19 @@ def bridge_options(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             options.append(f"--{name.replace('_', '-')}={value}")
+    if options and args.product != "procexec":
+        raise InstallUsage(f"{options[0].split('=')[0]} is a table-procexec option")
     return options
 
 
 def install(args: argparse.Namespace) -> list[str]:
     """Do it; the report, one line each."""
     options = bridge_options(args)
-    try:
-        bridge_args([*options, "--self-test"])  # reject bad options before writing anything
-    except UsageError as exc:
-        raise InstallError(str(exc)) from None
+    if options:
+        try:
+            bridge_args([*options, "--self-test"])  # reject bad options before writing
+        except UsageError as exc:
+            raise InstallError(str(exc)) from None
     if args.libexec:
         libexec, how = args.libexec, "given with --libexec"
     else:
@@ -213,8 +252,10 @@ def install(args: argparse.Namespace) -> list[str]:
         raise InstallError(f"{args.python} is Python {version[0]}.{version[1]}; 3.10+ needed")
     lib = Path(args.lib).resolve()
     copy_library(lib)
-    launcher = Path(libexec) / f"table-{args.name}"
-    write_launcher(launcher, args.python, lib, options, args.name)
+    spec = PRODUCTS[args.product]
+    launcher = Path(libexec) / f"{spec.kind}-{args.name}"
+    write_launcher(launcher, launcher_source(args.product, args.python, str(lib), options,
+                                             args.name))
     report = [f"installed {launcher}",
               f"  PATH_LIBEXEC {libexec} ({how})",
               f"  interpreter {args.python} -I (Python {version[0]}.{version[1]}), library "
@@ -232,7 +273,7 @@ def install(args: argparse.Namespace) -> list[str]:
             launcher.unlink()
             raise
         report.append(f"  checked: user {user.pw_name} runs it ({line})")
-    report += ["smtpd.conf:", f'  table NAME "{args.name}:/absolute/path/to/table [ARGS...]"']
+    report += ["smtpd.conf:", "  " + spec.usage.format(name=args.name)]
     return report
 
 

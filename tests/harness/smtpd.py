@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-PACKAGE = Path(__file__).resolve().parent
+import opensmtpd
+
+PACKAGE = Path(opensmtpd.__file__).resolve().parent
 LIB_INSIDE = "/opt/pyos/lib"  # where install_library() puts the package inside a root
 SPOOL_DIRS = ("queue", "incoming", "temporary", "corrupt", "offline", "purge")
 LIBEXEC = "usr/libexec/opensmtpd"
