@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -56,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _smtp import Blast, blast, cpu_seconds, in_private_network
+from _smtp import TICK, Blast, blast, cpu_seconds, in_private_network
 
 from opensmtpd.install import launcher_source
 
@@ -69,6 +70,7 @@ USERS = 10_000
 DOMAIN = "bench.test"
 UID = GID = 65534
 TARGET = 0.95  # the issue's target: every Python table >= 0.95x the static table's msg/s
+PROFILE_RATE = 1000  # py-spy samples per second
 MAP_BACKEND, BRIDGE_BACKEND = "pyos-sizing-map", "pyos-sizing-procexec"
 # Inside each root (the same path in all): the data, and our copy of the library
 WORK = f"/var/tmp/pyos-sizing-{os.getpid()}"
@@ -194,6 +196,7 @@ class Run:
     messages: int
     cpu: dict[str, float]  # KINDS: CPU seconds during the blast
     overflows: int  # connections smtpd's listen queue dropped (SMTPD_BACKLOG is 5)
+    tables: dict[str, float]  # the table processes: _table_counters() during the blast
 
 
 def _machine_busy() -> float:
@@ -231,6 +234,26 @@ def _processes(server: Smtpd) -> dict[int, str]:
     return kinds
 
 
+def _table_counters(kinds: dict[int, str]) -> dict[str, float]:
+    """The table processes' user and system CPU seconds, context switches (voluntary or
+    not, every thread) and threads so far."""
+    counters = {"user": 0.0, "system": 0.0, "switches": 0.0, "threads": 0.0}
+    for pid in (pid for pid, kind in kinds.items() if kind == "table"):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            counters["user"] += int(fields[11]) / TICK
+            counters["system"] += int(fields[12]) / TICK
+            for task in tasks:
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")):
+                        counters["switches"] += int(line.split()[1])
+                counters["threads"] += 1
+        except OSError:  # gone: what it used is lost
+            continue
+    return counters
+
+
 def _probe(port: int) -> None:
     """Untimed: a known user accepted (4xx retried while the table starts: table-consul's
     first sync, a Python start-up), an unknown one refused 550 — the table is consulted."""
@@ -245,6 +268,16 @@ def _probe(port: int) -> None:
     unknown = send(port, "probe@client.test", f"nobody@{DOMAIN}")
     if (unknown.stage, unknown.code) != ("rcpt", 550):
         raise BenchError(f"unknown user not refused 550 at RCPT: {unknown}")
+
+
+def _pause_mda(server: Smtpd) -> None:
+    """Accepted mail stays queued. The listener may open before the control socket
+    does: retry for a while."""
+    deadline = time.monotonic() + 10
+    while (paused := server.smtpctl("pause", "mda")).returncode != 0:
+        if time.monotonic() > deadline or not server.running():
+            raise BenchError(f"smtpctl pause mda: {paused.stderr.strip()}")
+        time.sleep(0.1)
 
 
 def _queued(server: Smtpd) -> int:
@@ -262,20 +295,22 @@ def one_run(root: Root, backend: str, work: str, args: argparse.Namespace, log: 
                    flags=("-v", "-T", "lookup") if args.trace else ())
     try:
         server.start(port=port)
-        paused = server.smtpctl("pause", "mda")
-        if paused.returncode != 0:
-            raise BenchError(f"smtpctl pause mda: {paused.stderr.strip()}")
+        _pause_mda(server)
         _probe(port)
         kinds = _processes(server)
-        before = {pid: cpu_seconds(pid) for pid in kinds}
-        busy, overflows = _machine_busy(), _listen_overflows()
-        result: Blast = blast(port, args.messages, args.clients,
-                              lambda n: rcpts_of(n, args.rcpts))
-        cpu = {"lookup": 0.0, "smtpd": 0.0, "table": 0.0, "client": result.cpu}
-        for pid, kind in kinds.items():
-            cpu[kind] += cpu_seconds(pid) - before[pid]
-        cpu["others"] = max(0.0, _machine_busy() - busy - sum(cpu.values()))
-        overflows = _listen_overflows() - overflows
+        with profiled(kinds, backend, args.profile, log.stem):
+            before = {pid: cpu_seconds(pid) for pid in kinds}
+            busy, overflows, tables = _machine_busy(), _listen_overflows(), \
+                _table_counters(kinds)
+            result: Blast = blast(port, args.messages, args.clients,
+                                  lambda n: rcpts_of(n, args.rcpts))
+            cpu = {"lookup": 0.0, "smtpd": 0.0, "table": 0.0, "client": result.cpu}
+            for pid, kind in kinds.items():
+                cpu[kind] += cpu_seconds(pid) - before[pid]
+            cpu["others"] = max(0.0, _machine_busy() - busy - sum(cpu.values()))
+            overflows = _listen_overflows() - overflows
+            after = _table_counters(kinds)
+            tables = {k: after[k] - tables[k] if k != "threads" else after[k] for k in after}
         if result.failures:
             raise BenchError(f"{len(result.failures)} of {args.messages} messages failed: "
                              + "; ".join(result.failures[:3]))
@@ -285,13 +320,89 @@ def one_run(root: Root, backend: str, work: str, args: argparse.Namespace, log: 
         if queued != (args.messages * args.rcpts + 1):  # + the probe
             raise BenchError(f"{queued} envelopes queued, expected "
                              f"{args.messages * args.rcpts + 1}")
-        return Run(result.rate, result.wall, result.accepted, cpu, overflows)
+        return Run(result.rate, result.wall, result.accepted, cpu, overflows, tables)
     except (BenchError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
         tail = "\n".join(server.log().splitlines()[-15:])
         raise BenchError(f"smtpd {root.name}, {backend}: {exc}\n  smtpd's log ends:\n{tail}"
                          ) from None
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def profiled(kinds: dict[int, str], backend: str, directory: str | None, stem: str,
+             ) -> Iterator[None]:
+    """With --profile: py-spy samples each Python table process while the block runs
+    (raw collapsed stacks, DIR/STEM-PID.txt, what flamegraph.pl reads)."""
+    if directory is None or not BACKENDS[backend].python:
+        yield
+        return
+    spies = []
+    for pid, kind in kinds.items():
+        if kind == "table":
+            output = Path(directory) / f"{stem}-{pid}.txt"
+            spies.append(subprocess.Popen(
+                [py_spy(), "record", "--pid", str(pid), "--rate", str(PROFILE_RATE),
+                 "--format", "raw", "--gil", "--nonblocking", "--output", str(output)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1)  # attached
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        for spy in spies:
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(found, os.X_OK):
+        raise BenchError("--profile needs py-spy (.venv/bin/pip install py-spy)")
+    return found
+
+
+def profile_summary(paths: list[Path], table_us: float, top: int = 12) -> list[str]:
+    """The functions a table's CPU went to, from py-spy's collapsed stacks: share of the
+    samples and µs per lookup (of ``table_us``, the table CPU per lookup measured),
+    inclusive (the function and what it calls) and self."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = [_frame(f) for f in stack.split(";")]
+            total += int(count)
+            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    if not total:
+        return ["  no samples"]
+    lines = [f"  {total} samples; {table_us:.1f} µs of table CPU per lookup"]
+    for title, counts in (("inclusive", inclusive), ("self", own)):
+        lines.append(f"  {title}:")
+        for frame, samples in sorted(counts.items(), key=lambda item: -item[1])[:top]:
+            share = samples / total
+            lines.append(f"    {share:6.1%} {share * table_us:7.1f} µs  {frame}")
+    return lines
+
+
+def _frame(text: str) -> str:
+    """'answer (/opt/x/lib/opensmtpd/table/native.py:42)' -> 'answer (table/native.py)'."""
+    name, _, where = text.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    if "/opensmtpd/" in where:
+        where = where.rsplit("/opensmtpd/", 1)[1]
+    elif "/python3" in where:
+        where = "stdlib " + where.rsplit("/", 1)[-1]
+    return f"{name} ({where})"
 
 
 # --- a generation: its root prepared, its runs, its report ---
@@ -378,7 +489,8 @@ def report(generation: Generation, args: argparse.Namespace) -> list[str]:
     print(f"{'backend':<42}{'msg/s':>6} {'(min-max)':<13}{'median':>7} {'(min-max)':<14}"
           f"{'to C':>6}   {'lookup':>7}{'smtpd':>7}{'table':>7}{'client':>7}{'others':>7}")
     static, passwd = generation.runs["static"], generation.runs.get("passwd")
-    targets = []
+    targets: list[str] = []
+    profiles: list[str] = []
     for backend in generation.backends:
         runs = generation.runs[backend]
         done = [r for r in runs if r is not None]
@@ -396,6 +508,10 @@ def report(generation: Generation, args: argparse.Namespace) -> list[str]:
               f"{ratio:>7.3f} {_span(ratios, '.3f') if ratios else '':<14}"
               f"{statistics.median(to_c) if to_c else float('nan'):>6.3f}   "
               + "".join(f"{c:>7.0f}" for c in cpu))
+        if BACKENDS[backend].python and args.profile:
+            paths = sorted(Path(args.profile).glob(f"smtpd-{root.name}-{backend}-*.txt"))
+            profiles += [f"{label}, smtpd {root.name}: where the table's CPU goes (py-spy)",
+                         *profile_summary(paths, cpu[KINDS.index("table")] / args.rcpts)]
         if BACKENDS[backend].python:
             verdict = "met" if ratio >= TARGET else "SHORT"
             targets.append(f"smtpd {root.name}: {label}: {ratio:.3f}x the static table's "
@@ -418,6 +534,20 @@ def report(generation: Generation, args: argparse.Namespace) -> list[str]:
     if overflows:
         print(f"note: smtpd's listen queue overflowed {overflows} times (SMTPD_BACKLOG is 5: "
               "each costs a session 1 s); fewer --clients avoid it")
+    tabled = [b for b in generation.backends if b != "static"
+              and any(r is not None for r in generation.runs[b])]
+    if tabled:
+        print("table processes per lookup (all rounds): CPU µs user + system, context "
+              "switches (every thread), threads")
+    for backend in tabled:
+        done = [r for r in generation.runs[backend] if r is not None]
+        lookups = sum(r.messages for r in done) * args.rcpts
+        user, system, switches = (sum(r.tables[k] for r in done) / lookups
+                                  for k in ("user", "system", "switches"))
+        print(f"  {BACKENDS[backend].label:<42}{user * 1e6:6.0f} + {system * 1e6:3.0f} µs"
+              f"{switches:6.1f} switches {max(r.tables['threads'] for r in done):3.0f} threads")
+    for line in profiles:
+        print(line)
     return targets
 
 
@@ -430,6 +560,9 @@ def bench(args: argparse.Namespace) -> int:
                                         ) as shm, contextlib.ExitStack() as stack:
         logs = Path(args.logs) if args.logs else Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
+        if args.profile:
+            py_spy()  # or fail now
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
         store = build_store(Path(shm)) if "consul" in args.backends.split(",") else None
         generations = []
         for name in roots:
@@ -475,6 +608,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--logs", help="keep smtpd's logs in this directory")
     parser.add_argument("--trace", action="store_true",
                         help="run smtpd with -v -T lookup (slower; to read the logs)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="sample the Python tables with py-spy into DIR and print where "
+                             "their CPU goes (perturbs the timings)")
     parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [r for r in args.roots.split(",") if r != "6.8" and r not in CHROOTS]
