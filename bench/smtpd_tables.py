@@ -35,7 +35,7 @@ address, and a resolver that drops queries stalls sessions 5 s at random) and mo
 namespace (the tmpfs spool is seen by no one else); the chroots' /proc and /dev are
 mounted before, by the harness, shared with test sessions. Needs root.
 
-    .venv/bin/python bench/smtpd_tables.py [--rounds 3] [--messages 1000] [--clients 6]
+    .venv/bin/python bench/smtpd_tables.py [--rounds 5] [--messages 1000] [--clients 6]
         [--rcpts 1] [--roots 6.8,7.6,7.9] [--backends static,passwd,sqlite,mapping,consul,
         procexec] [--spool tmpfs|disk] [--logs DIR] [--trace]
 """
@@ -140,8 +140,11 @@ def user(i: int) -> str:
     return f"r{i}"
 
 
-def rcpts_of(n: int, per_message: int) -> list[str]:
-    """Whom message n goes to: spread over the whole table."""
+def rcpts_of(n: int, per_message: int, fake_unknown: int | None = None) -> list[str]:
+    """Whom message n goes to: spread over the whole table. ``fake_unknown``: that
+    message goes to a user who does not exist (a test of the exit status)."""
+    if n == fake_unknown:
+        return [f"nobody@{DOMAIN}"] * per_message
     return [f"{user((n * per_message + j) * 7919 % USERS)}@{DOMAIN}"
             for j in range(per_message)]
 
@@ -303,7 +306,7 @@ def one_run(root: Root, backend: str, work: str, args: argparse.Namespace, log: 
             busy, overflows, tables = _machine_busy(), _listen_overflows(), \
                 _table_counters(kinds)
             result: Blast = blast(port, args.messages, args.clients,
-                                  lambda n: rcpts_of(n, args.rcpts))
+                                  lambda n: rcpts_of(n, args.rcpts, args.fake_unknown))
             cpu = {"lookup": 0.0, "smtpd": 0.0, "table": 0.0, "client": result.cpu}
             for pid, kind in kinds.items():
                 cpu[kind] += cpu_seconds(pid) - before[pid]
@@ -597,7 +600,7 @@ def bench(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=1000, help="per run")
     parser.add_argument("--clients", type=int, default=6,
                         help="concurrent SMTP sessions (smtpd's listen queue holds 6)")
@@ -612,6 +615,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="sample the Python tables with py-spy into DIR and print where "
                              "their CPU goes (perturbs the timings)")
     parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fake-unknown", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [r for r in args.roots.split(",") if r != "6.8" and r not in CHROOTS]
     if unknown:
