@@ -7,9 +7,13 @@ What a mail admin sizes with. smtpd 6.8 (the host), 7.6 (build/trixie) and 7.9
 ``rN@bench.test``; the action is local delivery with ``userbase <users>``, so smtpd looks
 the recipient's user up in table ``users`` (service userinfo) at RCPT time, once per RCPT
 (lab-6.8 table-transcript.md, test ``userbase``): a known user is accepted, an unknown
-one refused 550. ``users`` holds the same 10,000 users, served by, per generation:
+one refused 550. ``users`` holds the same 10,000 users (``--users``), served by, per
+generation:
 
-  static    smtpd's own ``file:`` table — the floor every ratio is taken against
+  static    smtpd's own ``file:`` table — the reference every ratio is taken against.
+            Not a floor at this size: smtpd searches it key by key (table_static.c,
+            table_static_lookup(): dict_iter() and strcmp() until a match, 2018 to 7.9),
+            a cost that grows with the table; hence the ratio to C beside it
   passwd    Debian's C table-passwd (opensmtpd-extras 6.7.1 on the host,
             opensmtpd-table-passwd 1.0.2 in the chroots), from a passwd-format file
   sqlite    Debian's C table-sqlite (opensmtpd-extras 6.7.1; the host only)
@@ -25,10 +29,13 @@ spool at start and stop), first probed untimed (a known user accepted, retrying 
 while a table starts; an unknown one refused 550), then timed; after it, the queue must
 hold every accepted message. Rounds interleave the backends, in an order rotated each
 round; each backend's msg/s is the median round, with min and max, and its ratio to the
-static table the median of its per-round ratios. CPU per message of smtpd, the table
-processes, the client and everything else on the machine (other users' work) is printed
-beside, so a client-bound or disturbed run shows. Timings are printed, never asserted:
-the exit status is 0 when every message got the reply expected, 1 otherwise.
+static table (and to table-passwd, "to C") the median of its per-round ratios. CPU per
+message of smtpd's lookup process, its other processes, the table processes, the client
+and everything else on the machine (other users' work) is printed beside, so a
+client-bound or disturbed run shows; then each table's user and system CPU, context
+switches and threads per lookup; with ``--profile DIR``, where a Python table's code
+spends its time (py-spy). Timings are printed, never asserted: the exit status is 0 when
+every message got the reply expected, 1 otherwise.
 
 smtpd runs in a private network namespace (loopback only: smtpd resolves every client's
 address, and a resolver that drops queries stalls sessions 5 s at random) and mount
@@ -36,8 +43,9 @@ namespace (the tmpfs spool is seen by no one else); the chroots' /proc and /dev 
 mounted before, by the harness, shared with test sessions. Needs root.
 
     .venv/bin/python bench/smtpd_tables.py [--rounds 5] [--messages 1000] [--clients 6]
-        [--rcpts 1] [--roots 6.8,7.6,7.9] [--backends static,passwd,sqlite,mapping,consul,
-        procexec] [--spool tmpfs|disk] [--logs DIR] [--trace]
+        [--rcpts 1] [--users 10000] [--roots 6.8,7.6,7.9] [--backends static,passwd,
+        sqlite,mapping,consul,procexec] [--spool tmpfs|disk] [--logs DIR] [--trace]
+        [--profile DIR]
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ from harness.smtpd import Root, Smtpd, chroot_mounts, descendants, free_port, se
 
 REPO = Path(__file__).resolve().parent.parent
 CHROOTS = {"7.6": REPO / "build" / "trixie", "7.9": REPO / "build" / "sid"}
-USERS = 10_000
+USERS = 10_000  # the default; --users
 DOMAIN = "bench.test"
 UID = GID = 65534
 TARGET = 0.95  # the issue's target: every Python table >= 0.95x the static table's msg/s
@@ -140,43 +148,45 @@ def user(i: int) -> str:
     return f"r{i}"
 
 
-def rcpts_of(n: int, per_message: int, fake_unknown: int | None = None) -> list[str]:
-    """Whom message n goes to: spread over the whole table. ``fake_unknown``: that
-    message goes to a user who does not exist (a test of the exit status)."""
+def rcpts_of(n: int, per_message: int, users: int, fake_unknown: int | None = None,
+             ) -> list[str]:
+    """Whom message n goes to: spread over the whole table (7919 is a prime).
+    ``fake_unknown``: that message goes to a user who does not exist (a test of the exit
+    status)."""
     if n == fake_unknown:
         return [f"nobody@{DOMAIN}"] * per_message
-    return [f"{user((n * per_message + j) * 7919 % USERS)}@{DOMAIN}"
+    return [f"{user((n * per_message + j) * 7919 % users)}@{DOMAIN}"
             for j in range(per_message)]
 
 
-# --- the data, the same 10,000 users in every backend's form ---
+# --- the data, the same users in every backend's form ---
 
 
-def build_store(directory: Path) -> Path:
+def build_store(directory: Path, users: int) -> Path:
     """table-consul's embedded store with the users (built once, on /dev/shm when there
     is one: 10,000 committed writes take 5 s there, 35 s on this disk)."""
     from opensmtpd.consul.store import EmbeddedStore  # the writer ``table-consul kv`` uses
 
     path = directory / "kv.sqlite3"
     store = EmbeddedStore(str(path))
-    for i in range(USERS):
+    for i in range(users):
         store.put(f"users/userinfo/{user(i)}", f"{UID}:{GID}:{HOME}".encode())
     return path
 
 
-def write_data(work: Path, store: Path | None) -> None:
+def write_data(work: Path, store: Path | None, users: int) -> None:
     """Everything the backends read, world-readable (tables run as user opensmtpd)."""
     inside, home = WORK, HOME
     (work / "home").mkdir()  # smtpd opens ~/.forward at RCPT time: an empty home
     (work / "users").write_text("".join(f"{user(i)} {UID}:{GID}:{home}\n"
-                                        for i in range(USERS)))
+                                        for i in range(users)))
     (work / "passwd").write_text("".join(f"{user(i)}:x:{UID}:{GID}::{home}:/usr/sbin/nologin\n"
-                                         for i in range(USERS)))
+                                         for i in range(users)))
     with contextlib.closing(sqlite3.connect(work / "users.sqlite")) as db:
         db.execute("CREATE TABLE users (name TEXT PRIMARY KEY, uid INTEGER, gid INTEGER, "
                    "home TEXT)")
         db.executemany("INSERT INTO users VALUES (?, ?, ?, ?)",
-                       [(user(i), UID, GID, home) for i in range(USERS)])
+                       [(user(i), UID, GID, home) for i in range(users)])
         db.commit()
     (work / "sqlite.conf").write_text(
         f"dbpath {inside}/users.sqlite\n"
@@ -306,7 +316,8 @@ def one_run(root: Root, backend: str, work: str, args: argparse.Namespace, log: 
             busy, overflows, tables = _machine_busy(), _listen_overflows(), \
                 _table_counters(kinds)
             result: Blast = blast(port, args.messages, args.clients,
-                                  lambda n: rcpts_of(n, args.rcpts, args.fake_unknown))
+                                  lambda n: rcpts_of(n, args.rcpts, args.users,
+                                                     args.fake_unknown))
             cpu = {"lookup": 0.0, "smtpd": 0.0, "table": 0.0, "client": result.cpu}
             for pid, kind in kinds.items():
                 cpu[kind] += cpu_seconds(pid) - before[pid]
@@ -442,7 +453,7 @@ def check_root(root: Root, backends: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def prepared(root: Root, backends: list[str], store: Path | None, spool: str,
+def prepared(root: Root, backends: list[str], store: Path | None, args: argparse.Namespace,
              ) -> Iterator[Generation]:
     """The library where user opensmtpd imports it, the data, a tmpfs spool (in this
     private mount namespace); all removed afterwards."""
@@ -457,13 +468,13 @@ def prepared(root: Root, backends: list[str], store: Path | None, spool: str,
         host = root.host(WORK)
         shutil.rmtree(host, ignore_errors=True)
         host.mkdir(parents=True)
-        write_data(host, store)
-        if spool == "tmpfs":
+        write_data(host, store, args.users)
+        if args.spool == "tmpfs":
             subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=711,size=1g", "pyos-sizing",
                             str(spool_dir)], check=True, timeout=30)
         yield generation
     finally:
-        if spool == "tmpfs":
+        if args.spool == "tmpfs":
             subprocess.run(["umount", str(spool_dir)], check=False, timeout=30)
         shutil.rmtree(root.host(WORK), ignore_errors=True)
         shutil.rmtree(root.host(root.lib).parent, ignore_errors=True)
@@ -487,7 +498,8 @@ def report(generation: Generation, args: argparse.Namespace) -> list[str]:
     root = generation.root
     where = "the host" if not root.chrooted else root.path.name + " chroot"
     print(f"\n== smtpd {root.name} ({where}; {generation.versions}): {args.messages} "
-          f"messages x {args.rcpts} RCPT per run, {args.clients} clients, {USERS:,} users, "
+          f"messages x {args.rcpts} RCPT per run, {args.clients} clients, {args.users:,} "
+          f"users, "
           f"spool on {args.spool}; median of {args.rounds} rounds ==")
     print(f"{'':42}{'':20}{'ratio to static':<22}{'':9}"
           f"{'CPU µs per message (all rounds)':>46}")
@@ -570,13 +582,13 @@ def bench(args: argparse.Namespace) -> int:
         if args.profile:
             py_spy()  # or fail now
             Path(args.profile).mkdir(parents=True, exist_ok=True)
-        store = build_store(Path(shm)) if "consul" in args.backends.split(",") else None
+        store = build_store(Path(shm), args.users) if "consul" in args.backends.split(",") \
+            else None
         generations = []
         for name in roots:
             root = Root(Path("/") if name == "6.8" else CHROOTS[name].resolve(), name, LIB)
             backends = [b for b in args.backends.split(",") if name in BACKENDS[b].roots]
-            generations.append(stack.enter_context(prepared(root, backends, store,
-                                                            args.spool)))
+            generations.append(stack.enter_context(prepared(root, backends, store, args)))
         for number in range(args.rounds):
             for generation in generations:
                 shift = number % len(generation.backends)
@@ -609,6 +621,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=6,
                         help="concurrent SMTP sessions (smtpd's listen queue holds 6)")
     parser.add_argument("--rcpts", type=int, default=1, help="recipients per message")
+    parser.add_argument("--users", type=int, default=USERS, help="users in the table")
     parser.add_argument("--roots", default="6.8,7.6,7.9")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--spool", choices=("tmpfs", "disk"), default="tmpfs")
@@ -632,7 +645,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if "static" not in wanted:
         parser.error("--backends must include static: every ratio is taken against it")
     args.backends = ",".join(b for b in BACKENDS if b in wanted)  # static first
-    for name in ("rounds", "messages", "clients", "rcpts"):
+    for name in ("rounds", "messages", "clients", "rcpts", "users"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     return args
