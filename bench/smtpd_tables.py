@@ -12,8 +12,9 @@ generation:
 
   static    smtpd's own ``file:`` table — the reference every ratio is taken against.
             Not a floor at this size: smtpd searches it key by key (table_static.c,
-            table_static_lookup(): dict_iter() and strcmp() until a match, 2018 to 7.9),
-            a cost that grows with the table; hence the ratio to C beside it
+            table_static_lookup(): dict_iter() and strcmp() until a match, revisions
+            1.19 of 2018 to 1.35 of 2024), a cost that grows with the table; hence the
+            ratio to C beside it
   passwd    Debian's C table-passwd (opensmtpd-extras 6.7.1 on the host,
             opensmtpd-table-passwd 1.0.2 in the chroots), from a passwd-format file
   sqlite    Debian's C table-sqlite (opensmtpd-extras 6.7.1; the host only)
@@ -381,32 +382,34 @@ def py_spy() -> str:
 
 
 def profile_summary(paths: list[Path], user_us: float, top: int = 12) -> list[str]:
-    """The functions a table's Python code spent its time in, from py-spy's collapsed
-    stacks of GIL-holding threads: share of the samples, and µs per lookup as that share
-    of ``user_us`` (the table processes' user CPU per lookup, measured: Python runs in
-    user mode holding the GIL), inclusive (the function and what it calls) and self."""
-    inclusive: dict[str, int] = {}
+    """Where a table's Python code spent its time, from py-spy's collapsed stacks of
+    GIL-holding threads: the share of samples each function (and each file) was the one
+    running, and that share of ``user_us`` (the table processes' user CPU per lookup,
+    measured: Python runs in user mode holding the GIL). Self time only: sampling without
+    stopping the process (--nonblocking) reads the running frame right but its callers
+    now and then from a stale stack."""
     own: dict[str, int] = {}
+    files: dict[str, int] = {}
     total = 0
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             if not stack or not count.isdigit():
                 continue
-            frames = [_frame(f) for f in stack.split(";")]
+            frame = _frame(stack.rsplit(";", 1)[-1])
             total += int(count)
-            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
-            for frame in set(frames):
-                inclusive[frame] = inclusive.get(frame, 0) + int(count)
+            own[frame] = own.get(frame, 0) + int(count)
+            where = frame.split(" (", 1)[1].rstrip(")")
+            files[where] = files.get(where, 0) + int(count)
     if not total:
         return ["  no samples"]
     lines = [f"  {total} samples holding the GIL; shares of {user_us:.1f} µs of user CPU "
              "per lookup"]
-    for title, counts in (("inclusive", inclusive), ("self", own)):
+    for title, counts in (("by function", own), ("by file", files)):
         lines.append(f"  {title}:")
-        for frame, samples in sorted(counts.items(), key=lambda item: -item[1])[:top]:
+        for name, samples in sorted(counts.items(), key=lambda item: -item[1])[:top]:
             share = samples / total
-            lines.append(f"    {share:6.1%} {share * user_us:7.1f} µs  {frame}")
+            lines.append(f"    {share:6.1%} {share * user_us:7.1f} µs  {name}")
     return lines
 
 
