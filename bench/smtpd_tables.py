@@ -358,7 +358,8 @@ def profiled(kinds: dict[int, str], backend: str, directory: str | None, stem: s
             output = Path(directory) / f"{stem}-{pid}.txt"
             spies.append(subprocess.Popen(
                 [py_spy(), "record", "--pid", str(pid), "--rate", str(PROFILE_RATE),
-                 "--format", "raw", "--gil", "--nonblocking", "--output", str(output)],
+                 "--format", "raw", "--gil", "--nonblocking", "--full-filenames",
+                 "--output", str(output)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)  # attached
     try:
