@@ -532,9 +532,9 @@ def report(generation: Generation, args: argparse.Namespace) -> list[str]:
               + "".join(f"{c:>7.0f}" for c in (*cpu[:3], sum(cpu[:3]), *cpu[3:])))
         if BACKENDS[backend].python and args.profile:
             paths = sorted(Path(args.profile).glob(f"smtpd-{root.name}-{backend}-*.txt"))
-            user = sum(r.tables["user"] for r in done) / messages / args.rcpts * 1e6
+            user_us = sum(r.tables["user"] for r in done) / messages / args.rcpts * 1e6
             profiles += [f"{label}, smtpd {root.name}: where the table's Python code runs "
-                         "(py-spy)", *profile_summary(paths, user)]
+                         "(py-spy)", *profile_summary(paths, user_us)]
         if BACKENDS[backend].python:
             verdict = "met" if ratio >= TARGET else "SHORT"
             targets.append(f"smtpd {root.name}: {label}: {ratio:.3f}x the static table's "
@@ -565,9 +565,9 @@ def report(generation: Generation, args: argparse.Namespace) -> list[str]:
     for backend in tabled:
         done = [r for r in generation.runs[backend] if r is not None]
         lookups = sum(r.messages for r in done) * args.rcpts
-        user, system, switches = (sum(r.tables[k] for r in done) / lookups
-                                  for k in ("user", "system", "switches"))
-        print(f"  {BACKENDS[backend].label:<42}{user * 1e6:6.0f} + {system * 1e6:3.0f} µs"
+        usr, system, switches = (sum(r.tables[k] for r in done) / lookups
+                                 for k in ("user", "system", "switches"))
+        print(f"  {BACKENDS[backend].label:<42}{usr * 1e6:6.0f} + {system * 1e6:3.0f} µs"
               f"{switches:6.1f} switches {max(r.tables['threads'] for r in done):3.0f} threads")
     for line in profiles:
         print(line)
