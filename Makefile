@@ -115,6 +115,7 @@ bench: deps venv chroot consul
 	$(PY) bench/table_lookups.py
 	$(PY) bench/filter_prometheus.py
 	$(PY) bench/consul_lookups.py
+	$(PY) bench/smtpd_tables.py
 
 clean:
 	@if awk -v d="$$(realpath -m build)/" 'index($$2 "/", d) == 1 {found=1} END {exit !found}' /proc/mounts; then \

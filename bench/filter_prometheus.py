@@ -22,7 +22,7 @@
 Timings are printed with their ratios, never asserted.
 
     .venv/bin/python bench/filter_prometheus.py [--sessions 40000] [--rounds 3]
-        [--messages 2000] [--clients 8] [--roots 6.8,7.6(,7.9)] [--no-smtpd] [--host-network]
+        [--messages 2000] [--clients 6] [--roots 6.8,7.6(,7.9)] [--no-smtpd] [--host-network]
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import smtplib
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _smtp import Sink, blast, cpu_seconds, in_private_network
 
 from opensmtpd.prometheus.metrics import EVENTS
 
@@ -50,7 +50,6 @@ REPO = Path(__file__).resolve().parent.parent
 TRANSCRIPT = REPO / "tests" / "unit" / "filter" / "data" / "smtpd-6.8.in"
 CHROOTS = {"7.6": REPO / "build" / "trixie", "7.9": REPO / "build" / "sid"}
 LIB = f"/opt/pyos-bench-{os.getpid()}/lib"  # our own copy of the library in each root
-TICK = os.sysconf("SC_CLK_TCK")
 HANDSHAKE = (b"config|smtpd-version|6.8.0p2\nconfig|smtp-session-timeout|300\n"
              b"config|subsystem|smtp-in\nconfig|subsystem|smtp-out\nconfig|admd|bench\n"
              b"config|ready\n")
@@ -98,11 +97,6 @@ def stream(count: int) -> tuple[bytes, int, int]:
     return ("\n".join(out) + "\n").encode(), lines, count
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def _feed(argv: list[str], data: bytes, ready: Callable[[], bool]) -> tuple[float, float]:
     """Run ``argv`` reading ``data`` on a pipe: (wall seconds, CPU seconds), start-up
     excluded (measured from when ``ready()`` holds)."""
@@ -114,7 +108,7 @@ def _feed(argv: list[str], data: bytes, ready: Callable[[], bool]) -> tuple[floa
         if time.monotonic() > deadline or proc.poll() is not None:
             raise RuntimeError(f"{argv[0]} did not start")
         time.sleep(0.01)
-    cpu0 = _cpu(proc.pid)
+    cpu0 = cpu_seconds(proc.pid)
     started = time.perf_counter()
     view = memoryview(data)
     fd = proc.stdin.fileno()
@@ -153,21 +147,6 @@ def bench_stream(sessions: int, rounds: int) -> None:
 # --- real smtpd ---
 
 
-class Sink:
-    """A minimal SMTP sink on loopback (aiosmtpd), counting messages."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.count = 0
-        self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-        self.count += 1
-        return "250 OK"
-
-
 # A filter that registers what filter-prometheus registers and reads it with cat: what
 # smtpd pays to have a filter at all (filtered sessions, report lines written).
 CAT_FILTER = "/var/tmp/pyos-bench-cat-filter.sh"  # inside the root
@@ -200,35 +179,11 @@ def _conf(kind: str, port: int, sink: int, exporter: int) -> str:
 
 
 def _blast(port: int, messages: int, clients: int) -> float:
-    """Messages accepted per second, ``clients`` connections at a time."""
-    todo = iter(range(messages))
-    lock = threading.Lock()
-    errors: list[str] = []
-
-    def client() -> None:
-        while True:
-            with lock:
-                n = next(todo, None)
-            if n is None:
-                return
-            try:
-                with smtplib.SMTP("127.0.0.1", port, local_hostname=f"c{n}.test",
-                                  timeout=30) as smtp:
-                    smtp.sendmail(f"s{n}@client.test", [f"r{n}@bench.test"],
-                                  f"Subject: bench {n}\r\n\r\n" + ("x" * 78 + "\r\n") * 12)
-            except (OSError, smtplib.SMTPException) as exc:
-                errors.append(str(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"{len(errors)} messages failed: {errors[:3]}")
-    return messages / wall
+    """Messages accepted per second, ``clients`` sessions at a time (bench/_smtp.py)."""
+    result = blast(port, messages, clients)
+    if result.failures:
+        raise RuntimeError(f"{len(result.failures)} messages failed: {result.failures[:3]}")
+    return result.rate
 
 
 def bench_smtpd(root: Root, messages: int, clients: int, rounds: int, log_dir: Path) -> None:
@@ -280,7 +235,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=40_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=6,
+                        help="concurrent SMTP sessions (smtpd's listen queue holds 6)")
     parser.add_argument("--roots", default="6.8,7.6")
     parser.add_argument("--no-smtpd", action="store_true")
     parser.add_argument("--smtpd-only", action="store_true", help=argparse.SUPPRESS)
@@ -300,8 +256,7 @@ def main() -> int:
         again = [sys.executable, __file__, "--smtpd-only", "--rounds", str(args.rounds),
                  "--messages", str(args.messages), "--clients", str(args.clients),
                  "--roots", args.roots]
-        return subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"',
-                               "sh", *again], check=False).returncode
+        return in_private_network(again)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.roots.split(","):
             if name == "6.8":
