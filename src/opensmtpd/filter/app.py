@@ -362,6 +362,10 @@ class Filter:
                       f": {_safe(exc)}", self.on_error, count)
         return self._fallback(query.phase)
 
+    def policy_answer(self, phase: str) -> str:
+        """What a query of ``phase`` is answered when its handler fails (``on_error``)."""
+        return self._fallback(phase)
+
     def _fallback(self, phase: str) -> _Wire:
         """The policy's answer, already in wire form."""
         if self.on_error == "proceed" or phase in _QUIET_PHASES:
@@ -430,7 +434,7 @@ class Filter:
     def _data_out(self, query: DataLine, texts: Sequence[str | None]) -> list[str]:
         """``filter-dataline`` lines: stuffed, cut to what smtpd takes, ``None`` -> ``.``."""
         head = f"filter-dataline|{protocol.order(query.version, query.session, query.token)}|"
-        room = protocol.max_line(query.version) - len(head.encode())
+        room = protocol.max_line(query.version) - len(protocol.encode(head))
         out = []
         for text in texts:
             if text is None:
