@@ -14,13 +14,18 @@ BULLSEYE_APT := -o Dir::Etc::sourcelist=$(CURDIR)/$(BULLSEYE)/sources.list \
   -o Dir::State::Lists=$(CURDIR)/$(BULLSEYE)/lists -o Dir::Cache=$(CURDIR)/$(BULLSEYE)/cache \
   -o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 
-.PHONY: demo test deps venv chroot consul lint bench clean
+.PHONY: demo test deps venv chroot consul lint bench clean fuzz
 
 demo: deps venv
 	$(PY) examples/demo.py
 
 test: deps venv chroot consul lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The long fuzz run (docs/testing.md, "Fuzzing"): 100,000 inputs per process target.
+fuzz: venv
+	FUZZ_BUDGET=long FUZZ_CORPUS_OUT=$(CURDIR)/build/fuzz-found \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 lint: venv
 	$(PY) -m ruff check .
