@@ -40,9 +40,15 @@ class Outcome:
     def crashes(self) -> int:
         return int(self.died_early or self.status != 0)
 
+    @property
+    def log_broken(self) -> bool:
+        """A log call that failed (e.g. data used as a format string): logging prints
+        this banner and a traceback instead of the line."""
+        return "--- Logging error ---" in self.stderr
+
     def ok(self) -> bool:
         return (not self.crashes and not self.tally.problems and not self.stray_stdout
-                and self.peak_rss_mb < RSS_LIMIT_MB)
+                and self.peak_rss_mb < RSS_LIMIT_MB and not self.log_broken)
 
     def figures(self) -> str:
         return (f"{self.target}: {self.tally.summary()}, {self.crashes} crashes, "
@@ -50,6 +56,7 @@ class Outcome:
 
     def explain(self) -> str:
         return (f"{self.figures()}\nstatus={self.status} died_early={self.died_early} "
+                f"log broken={self.log_broken} "
                 f"stray stdout={self.stray_stdout[:80]!r}\n{self.tally.details()}\n"
                 f"stderr tail:\n{self.stderr[-3000:]}")
 

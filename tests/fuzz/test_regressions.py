@@ -173,3 +173,42 @@ def test_mutations_are_deterministic() -> None:
     lines = [inputs.mutate_line(random.Random(7), b"table|0.1|1.0|t|lookup|alias|1|k\n")
              for _ in range(2)]
     assert lines[0] == lines[1]
+
+
+# --- found by the long run (make fuzz) after the five above were fixed ---
+
+
+def test_huge_ids_do_not_split_a_data_line_into_thousands(tmp_path: Path) -> None:
+    """On protocol 0.6 (lines cut at 2,047 bytes) a 2,000-byte token left 5 bytes per
+    output line: a 70 KB data line became 17,500 lines of 2 KB each (126 MB peak)."""
+    judge = FilterJudge(smtp_out=True, report_decision=False)
+    proc = procs.filter_process(tmp_path, "ids", on_output=judge.received, mode="sync")
+    proc.send(b"config|smtpd-version|6.8.0p2\nconfig|ready\n")
+    assert proc.wait_until(lambda: judge.registered, 15), proc.stderr()
+    line = (b"filter|0.6|1.000000|smtp-in|data-line|%016x|" % 7 + b"i" * 2008 + b"|"
+            + b"x" * 70_000 + b"\n")
+    end = b"filter|0.6|1.000000|smtp-in|data-line|%016x|" % 7 + b"i" * 2008 + b"|.\n"
+    for data in (line, end):
+        with proc.lock:
+            judge.sent(data, must=True)
+        proc.send(data)
+    assert proc.wait_until(lambda: judge.pending_must() == 0, 30), proc.stderr()
+    rss = proc.rss_kb() / 1024
+    assert proc.close(timeout=10) == 0
+    tally = judge.finish()
+    assert not tally.problems, tally.details()
+    assert rss < 60, f"peak RSS {rss:.0f} MB"
+
+
+def test_a_reply_is_never_cut_to_nothing_by_long_ids() -> None:
+    """fit() cut a reject to fit 2,047 bytes after the ids: with ids longer than that it
+    cut it to nothing, ``reject|`` (smtpd exits: "Missing parameter")."""
+    from opensmtpd.filter.responses import fit
+    head = "filter-result|" + "i" * 2008 + "|" + "%016x" % 7
+    line = fit(head, "reject|451 4.3.0 Try again later", 2047)
+    judge = FilterJudge(smtp_out=False, report_decision=False)
+    judge.registered = True
+    judge.sent(b"filter|0.6|1.000000|smtp-in|mail-from|" + b"i" * 2008 + b"|%016x|x\n" % 7,
+               must=True)
+    judge.received(line.encode() + b"\n")
+    assert not judge.finish().problems, judge.tally.details()

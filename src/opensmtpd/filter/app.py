@@ -58,6 +58,7 @@ DEFAULT_TEMPFAIL = "451 4.3.0 Temporary failure in a mail filter, try again late
 DEFAULT_DEADLINE = 30.0
 _KNOWN_REPORTS = frozenset(REPORT_CLASSES.values())
 _QUIET_PHASES = frozenset(("quit", "rset", "noop", "help", "wiz"))  # nothing to refuse
+MIN_ROOM = 1024  # bytes of a data line per output line, whatever the ids' length
 
 
 class _Wire(str):
@@ -434,7 +435,8 @@ class Filter:
     def _data_out(self, query: DataLine, texts: Sequence[str | None]) -> list[str]:
         """``filter-dataline`` lines: stuffed, cut to what smtpd takes, ``None`` -> ``.``."""
         head = f"filter-dataline|{protocol.order(query.version, query.session, query.token)}|"
-        room = protocol.max_line(query.version) - len(protocol.encode(head))
+        # ids far longer than smtpd's 16 digits must not split a line into thousands
+        room = max(protocol.max_line(query.version) - len(protocol.encode(head)), MIN_ROOM)
         out = []
         for text in texts:
             if text is None:

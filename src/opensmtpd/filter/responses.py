@@ -155,4 +155,6 @@ def fit(head: str, answer: str, limit: int) -> str:
         raise InvalidResponse(f"answer longer than the {limit} bytes smtpd takes back")
     start = f"{head}|{action}|"
     keep = limit - len(start.encode("utf-8", "surrogateescape"))
+    if keep < 16:  # the ids alone fill the line (never smtpd's): better long than invalid
+        return line
     return start + text.encode("utf-8", "surrogateescape")[:keep].decode("utf-8", "surrogateescape")

@@ -113,6 +113,10 @@ elif ASYNC:
 
     f.on_data_line(line_async)
 else:
-    f.on_data_line(transform)
+
+    def line_sync(session, line):
+        return transform(line)
+
+    f.on_data_line(line_sync)
 
 f.run()
