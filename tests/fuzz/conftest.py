@@ -6,9 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import budget
+from . import budget, procs
 
 FIGURES: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_processes() -> Iterator[None]:
+    yield
+    procs.stop_all()
 
 
 @pytest.fixture

@@ -30,6 +30,21 @@ PYTHON = sys.executable
 TABLE_PROCEXEC = str(Path(PYTHON).parent / "table-procexec")
 
 
+STARTED: list[Process] = []  # every process of the running test (conftest stops them)
+
+
+def stop_all() -> None:
+    """Stop, by PID, whatever a test started and did not close (it failed midway)."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.process.pid, signal.SIGKILL)
+            proc.process.wait(10)
+        with contextlib.suppress(OSError):
+            proc.sock.close()
+
+
 class Process:
     def __init__(self, argv: Sequence[str], *, fd1_is_socket: bool, stderr: Path,
                  executable: str | None = None, on_output: Callable[[bytes], None],
@@ -50,6 +65,7 @@ class Process:
         if not fd1_is_socket:
             os.close(stdout)
         self.sock = ours
+        STARTED.append(self)
         self.lock = threading.Condition()
         self.on_output = on_output
         self.eof = False
