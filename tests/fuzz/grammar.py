@@ -177,7 +177,7 @@ class LineTableJudge:
         self._in = _Lines()
         self.registered = dialect == "2020"  # the 2020 dialect has no handshake
         self.services: set[str] = set()
-        self._ids: dict[bytes, tuple[str, int]] = {}  # id -> (op, times it was sent)
+        self._ids: dict[bytes, tuple[frozenset[str], int]] = {}  # id -> (ops, times sent)
         self._answers: Counter[bytes] = Counter()
         self._musts: Counter[bytes] = Counter()  # times each id was sent as a must
         self.must: deque[bytes] = deque()  # ids that must be answered, oldest first
@@ -199,7 +199,8 @@ class LineTableJudge:
             if op is None or ident is None:
                 continue
             previous = self._ids.get(ident)
-            self._ids[ident] = (op, (previous[1] if previous else 0) + 1)
+            ops, times = previous or (frozenset(), 0)
+            self._ids[ident] = (ops | {op}, times + 1)
             if whole and good and self.registered and previous is None:
                 required = ident  # a fresh id: its answer cannot be mistaken for another's
             elif good and self.dialect == "native" and line.split(b"|", 6)[5] in (
@@ -246,10 +247,11 @@ class LineTableJudge:
         if sent is None:
             self.tally.bad(self.tally.unsolicited, f"id never sent: {line[:200]!r}")
             return
-        if op == "?":
-            op = sent[0]
-        elif op != sent[0]:
-            self.tally.bad(self.tally.malformed, f"{op}-result to a {sent[0]}: {line!r}")
+        if op == "?":  # 2020: the reply does not name the op; judged against each sent
+            op = next((o for o in sorted(sent[0]) if ok_form(o, result)), min(sent[0]))
+        elif op not in sent[0]:
+            self.tally.bad(self.tally.malformed, f"{op}-result to a {'/'.join(sent[0])}: "
+                                                 f"{line!r}")
             return
         self._answers[ident] += 1
         self.tally.answered += 1
