@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +24,17 @@ from opensmtpd.table.events import Malformed as TableMalformed
 
 from . import budget, grammar, inputs
 
-logging.getLogger("opensmtpd").setLevel(logging.CRITICAL)  # hostile input logs a lot
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    """Hostile input logs a lot; the level is put back for the tests that read logs."""
+    logger = logging.getLogger("opensmtpd")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
 FUZZ = settings(max_examples=budget.CODEC_EXAMPLES, deadline=None, derandomize=not budget.LONG,
                 suppress_health_check=list(HealthCheck))
 REPLIES = [Found("v@example.org"), Found(None), Found(""), Found("a\nb"), Found("x\ud800"),
