@@ -212,3 +212,24 @@ def test_a_reply_is_never_cut_to_nothing_by_long_ids() -> None:
                must=True)
     judge.received(line.encode() + b"\n")
     assert not judge.finish().problems, judge.tally.details()
+
+
+def test_the_tail_of_a_dropped_key_is_never_answered() -> None:
+    """A credentials/auth key with a raw newline (smtpd < 7.8) is answered error and the
+    rest dropped; when the rest arrived in two reads, its second part was parsed as a
+    request and answered: a reply to an id smtpd never sent (found by ``make fuzz``)."""
+    from opensmtpd.table import native
+    side = native.TableSide()
+    side.receive_data(b"config|tablename|t\nconfig|ready\n")
+    assert type(side.next_event()).__name__ == "Hello"
+    first = b"table|0.1|1.000000|t|check|auth|00000003|user:pa\nSS"
+    rest = b"table|0.1|1.000000|t|update|00000004\n"  # the password's second line
+    side.receive_data(first)
+    event = side.next_event()
+    assert event is not None and event.id == "00000003"  # type: ignore[union-attr]
+    assert side.next_event() is None
+    side.receive_data(rest)
+    assert side.next_event() is None  # the tail, not a request
+    side.receive_data(b"table|0.1|1.000000|t|update|00000005\n")
+    event = side.next_event()
+    assert event is not None and event.id == "00000005"  # type: ignore[union-attr]

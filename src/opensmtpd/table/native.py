@@ -80,6 +80,7 @@ class TableSide:
     def __init__(self) -> None:
         self._lines = LineBuffer()
         self._config: list[tuple[str, str]] = []
+        self._tail = False  # the rest of a dropped key is still arriving (see _whole)
         self.ready = False
         self.table = ""
 
@@ -95,6 +96,12 @@ class TableSide:
         buf = lines._buf
         if not buf:
             return None
+        if self._tail:  # the end of a dropped key: up to its newline, never a request
+            end = buf.find(b"\n")
+            del buf[:end + 1 if end >= 0 else len(buf)]
+            self._tail = end < 0
+            if not buf:
+                return None
         if self.ready and not lines._skipping:  # LineBuffer.next_line() inlined: hot path
             end = buf.find(b"\n")
             if end >= 0:
@@ -133,6 +140,7 @@ class TableSide:
         buf = self._lines._buf
         if buf and isinstance(event, Request) and event.service in _CLIENT_SECRETS:
             dropped = len(buf)
+            self._tail = not buf.endswith(b"\n")  # its last line may still be arriving
             del buf[:]
             return Malformed(f"{event.service} key followed by {dropped} more bytes: a newline "
                              "in the client's credentials (smtpd < 7.8); dropped",
