@@ -15,27 +15,28 @@ from . import budget, targets
 from .procs import REPO
 
 EXAMPLE_FILTER = REPO / "examples" / "filter_example.py"
+KEEP = not budget.LONG  # 100,000 inputs kept in memory would cost the harness gigabytes
 TARGETS = {
     "table-native-sync": lambda tmp, rng, n: targets.run_line_table(
-        tmp, rng, n, dialect="native", mode="sync", keep=True),
+        tmp, rng, n, dialect="native", mode="sync", keep=KEEP),
     "table-native-async": lambda tmp, rng, n: targets.run_line_table(
-        tmp, rng, n, dialect="native", mode="async", keep=True),
+        tmp, rng, n, dialect="native", mode="async", keep=KEEP),
     "table-2020-sync": lambda tmp, rng, n: targets.run_line_table(
-        tmp, rng, n, dialect="2020", mode="sync", keep=True),
-    "table-imsg-sync": lambda tmp, rng, n: targets.run_imsg(tmp, rng, n, keep=True),
+        tmp, rng, n, dialect="2020", mode="sync", keep=KEEP),
+    "table-imsg-sync": lambda tmp, rng, n: targets.run_imsg(tmp, rng, n, keep=KEEP),
     "table-imsg-async": lambda tmp, rng, n: targets.run_imsg(tmp, rng, n, mode="async",
-                                                             keep=True),
+                                                             keep=KEEP),
     "table-procexec": lambda tmp, rng, n: targets.run_imsg(tmp, rng, n, bridge=True,
-                                                           keep=True),
-    "filter-sync": lambda tmp, rng, n: targets.run_filter(tmp, rng, n, mode="sync", keep=True),
+                                                           keep=KEEP),
+    "filter-sync": lambda tmp, rng, n: targets.run_filter(tmp, rng, n, mode="sync", keep=KEEP),
     "filter-async": lambda tmp, rng, n: targets.run_filter(tmp, rng, n, mode="async",
-                                                           keep=True),
+                                                           keep=KEEP),
     "filter-message": lambda tmp, rng, n: targets.run_filter(tmp, rng, n, mode="message",
-                                                             keep=True),
+                                                             keep=KEEP),
     "filter-async-message": lambda tmp, rng, n: targets.run_filter(
-        tmp, rng, n, mode="async-message", keep=True),
+        tmp, rng, n, mode="async-message", keep=KEEP),
     "filter-example": lambda tmp, rng, n: targets.run_filter(
-        tmp, rng, n, script=EXAMPLE_FILTER, keep=True),
+        tmp, rng, n, script=EXAMPLE_FILTER, keep=KEEP),
 }
 
 
@@ -44,8 +45,11 @@ def keep_crasher(name: str, seed: int, outcome: targets.Outcome, tmp: Path) -> P
     where = Path(os.environ.get("FUZZ_CORPUS_OUT") or tmp)
     where.mkdir(parents=True, exist_ok=True)
     path = where / f"{name}-{seed}.json"
-    path.write_text(json.dumps({"target": name, "seed": seed, "found": outcome.figures(),
-                                "chunks": [c.hex() for c in outcome.chunks]}))
+    entry: dict[str, object] = {"target": name, "seed": seed, "inputs": budget.PROCESS_INPUTS,
+                                 "found": outcome.figures()}
+    if outcome.chunks:  # small runs keep the stream itself; long ones its seed
+        entry["chunks"] = [c.hex() for c in outcome.chunks]
+    path.write_text(json.dumps(entry))
     return path
 
 
