@@ -19,7 +19,7 @@ DEB_BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject python3-all pytho
   lintian
 DIST_DIR := build/dist
 
-.PHONY: demo test deps venv chroot consul lint bench clean deb deb-deps dist
+.PHONY: demo test deps venv chroot consul lint bench clean deb deb-deps dist fuzz
 
 demo: deps venv
 	$(PY) examples/demo.py
@@ -28,6 +28,11 @@ demo: deps venv
 # fresh Debian 12, 13 and sid chroots, under each one's own smtpd
 test: deps venv chroot consul lint deb dist
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The long fuzz run (docs/testing.md, "Fuzzing"): 100,000 inputs per process target.
+fuzz: venv
+	FUZZ_BUDGET=long FUZZ_CORPUS_OUT=$(CURDIR)/build/fuzz-found \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 lint: venv
 	$(PY) -m ruff check .

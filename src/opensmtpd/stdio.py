@@ -11,8 +11,24 @@ import os
 import sys
 
 
-def setup_logging(label: str = "%(name)s") -> None:
-    """Log to stderr (smtpd's log) as ``label[pid]: message``, once per process."""
+class _Labelled(logging.Formatter):
+    """``label[pid]: message``. The label comes from the wire (a table name) or the user
+    (a filter name): it is never part of a format string, so a ``%`` in it is just text."""
+
+    def __init__(self, label: str | None) -> None:
+        super().__init__()
+        self.label = label
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{self.label or record.name}[{record.process}]: {record.getMessage()}"
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        return text
+
+
+def setup_logging(label: str | None = None) -> None:
+    """Log to stderr (smtpd's log) as ``label[pid]: message`` (the logger's name when no
+    label is given), once per process."""
     root = logging.getLogger("opensmtpd")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -21,10 +37,10 @@ def setup_logging(label: str = "%(name)s") -> None:
     relabel_logging(label)
 
 
-def relabel_logging(label: str) -> None:
+def relabel_logging(label: str | None) -> None:
     """Name the process in its log lines once it knows its name (from the handshake)."""
     for handler in logging.getLogger("opensmtpd").handlers:
-        handler.setFormatter(logging.Formatter(f"{label}[%(process)d]: %(message)s"))
+        handler.setFormatter(_Labelled(label))
 
 
 def private_stdout() -> int:

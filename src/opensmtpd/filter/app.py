@@ -58,6 +58,7 @@ DEFAULT_TEMPFAIL = "451 4.3.0 Temporary failure in a mail filter, try again late
 DEFAULT_DEADLINE = 30.0
 _KNOWN_REPORTS = frozenset(REPORT_CLASSES.values())
 _QUIET_PHASES = frozenset(("quit", "rset", "noop", "help", "wiz"))  # nothing to refuse
+MIN_ROOM = 1024  # bytes of a data line per output line, whatever the ids' length
 
 
 class _Wire(str):
@@ -362,6 +363,10 @@ class Filter:
                       f": {_safe(exc)}", self.on_error, count)
         return self._fallback(query.phase)
 
+    def policy_answer(self, phase: str) -> str:
+        """What a query of ``phase`` is answered when its handler fails (``on_error``)."""
+        return self._fallback(phase)
+
     def _fallback(self, phase: str) -> _Wire:
         """The policy's answer, already in wire form."""
         if self.on_error == "proceed" or phase in _QUIET_PHASES:
@@ -430,7 +435,8 @@ class Filter:
     def _data_out(self, query: DataLine, texts: Sequence[str | None]) -> list[str]:
         """``filter-dataline`` lines: stuffed, cut to what smtpd takes, ``None`` -> ``.``."""
         head = f"filter-dataline|{protocol.order(query.version, query.session, query.token)}|"
-        room = protocol.max_line(query.version) - len(head.encode())
+        # ids far longer than smtpd's 16 digits must not split a line into thousands
+        room = max(protocol.max_line(query.version) - len(protocol.encode(head)), MIN_ROOM)
         out = []
         for text in texts:
             if text is None:

@@ -70,6 +70,12 @@ def output_lines(result: object, original: str) -> list[str]:
 
 
 def _split(text: str) -> list[str]:
+    if not text.isascii():
+        try:  # a lone surrogate cannot be written: refused here, where the policy applies
+            text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise TypeError("a line must be text that encodes to UTF-8 "
+                            "(it holds a lone surrogate)") from None
     if "\n" not in text and "\r" not in text:
         return [text]
     return [part.rstrip("\r") for part in text.replace("\r\n", "\n").split("\n")]

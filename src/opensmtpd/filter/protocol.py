@@ -58,6 +58,10 @@ ERRORS = "surrogateescape"  # every byte smtpd sends survives the round trip
 # smtpd -> filter lines reach ~66 KB (a 65535-byte DATA line plus the prefix, §5.6).
 # Anything far beyond is not from smtpd: it is dropped, so memory stays bounded.
 MAX_LINE = 256 * 1024
+# smtpd sends about six config lines (§2.1); more are ignored and values are cut, so the
+# handshake state stays bounded whatever arrives (docs/limits.md).
+MAX_CONFIG_ITEMS = 64
+MAX_CONFIG_VALUE = 2048
 LATEST = (0, 7)
 Version = tuple[int, int]
 
@@ -335,6 +339,11 @@ class FilterSide:
                        for line in lines])
         return events
 
+    def discard(self) -> int:
+        """Drop buffered input (after an internal error); how many bytes were dropped."""
+        dropped, self._buffer, self._skipping = len(self._buffer), b"", False
+        return dropped
+
     def _hold(self, rest: bytes) -> bytes:
         if len(rest) > MAX_LINE:
             self._skipping = True
@@ -354,8 +363,8 @@ class FilterSide:
             key, bar, value = rest.partition("|")
             if head != "config" or not key:
                 events.append(Malformed("expected config|… before config|ready", excerpt(line)))
-            elif len(self._config) < 1024:
-                self._config.append((key, value if bar else ""))
+            elif len(self._config) < MAX_CONFIG_ITEMS:
+                self._config.append((key[:64], value[:MAX_CONFIG_VALUE] if bar else ""))
         return events
 
 

@@ -53,7 +53,7 @@ def check_reply(message: str) -> str:
             f"an SMTP reply must be one line '4xx text' or '5xx text', got {message!r:.60}")
     if len(message) > MAX_REPLY:
         raise InvalidResponse(f"SMTP reply longer than {MAX_REPLY} characters")
-    return message
+    return _encodable("an SMTP reply", message)
 
 
 def _check_text(what: str, text: str) -> str:
@@ -61,6 +61,16 @@ def _check_text(what: str, text: str) -> str:
         raise InvalidResponse(f"{what} must be a str, got {type(text).__name__}")
     if _FORBIDDEN.search(text):
         raise InvalidResponse(f"{what} must not contain CR, LF or NUL")
+    return _encodable(what, text)
+
+
+def _encodable(what: str, text: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise InvalidResponse(f"{what} holds a lone surrogate: it cannot be written") \
+                from None
     return text
 
 
@@ -145,4 +155,6 @@ def fit(head: str, answer: str, limit: int) -> str:
         raise InvalidResponse(f"answer longer than the {limit} bytes smtpd takes back")
     start = f"{head}|{action}|"
     keep = limit - len(start.encode("utf-8", "surrogateescape"))
+    if keep < 16:  # the ids alone fill the line (never smtpd's): better long than invalid
+        return line
     return start + text.encode("utf-8", "surrogateescape")[:keep].decode("utf-8", "surrogateescape")

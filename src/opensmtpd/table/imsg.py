@@ -103,6 +103,11 @@ class TableSide:
     def receive_data(self, data: bytes) -> None:
         self._framer._buf += data
 
+    def discard(self) -> int:
+        dropped = len(self._framer._buf)
+        del self._framer._buf[:]
+        return dropped
+
     def next_event(self) -> Event | None:
         buf = self._framer._buf
         if not buf:

@@ -56,6 +56,12 @@ class LineBuffer:
         self.truncated, self._skipping = self._skipping, False
         return line
 
+    def discard(self) -> int:
+        dropped = len(self._buf)
+        del self._buf[:]
+        self._skipping = False
+        return dropped
+
     @property
     def pending(self) -> int:
         return len(self._buf)

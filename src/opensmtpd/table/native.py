@@ -38,6 +38,11 @@ _OPS = {op.value: op for op in Op}
 _HEADS = {op: f"{op.value}-result|" for op in Op}
 _SERVICES = {service.value: service for service in Service}
 _UPDATE, _CHECK, _LOOKUP, _FETCH = Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH
+# smtpd sends four config lines (§3.2); a peer that sends more gets them ignored, so the
+# handshake state stays bounded whatever arrives (docs/limits.md).
+MAX_CONFIG_ITEMS = 32
+MAX_CONFIG_VALUE = 2048  # LINE_MAX: smtpd's table names fit
+_KNOWN_CONFIG = frozenset(("smtpd-version", "protocol", "tablename"))
 
 
 def parse_request(line: str) -> Request | Malformed:
@@ -58,7 +63,7 @@ def parse_request(line: str) -> Request | Malformed:
         want = 7 if op is _FETCH else 8
         if len(fields) != want:
             return Malformed(f"{op} request needs {want} fields, got {len(fields)}", op=op,
-                             id=fields[6] if len(fields) > 6 else None)
+                             id=fields[6] or None if len(fields) > 6 else None)
         raw_service, request_id = fields[5], fields[6]
     if not request_id:
         return Malformed("empty request id", op=op)
@@ -75,17 +80,28 @@ class TableSide:
     def __init__(self) -> None:
         self._lines = LineBuffer()
         self._config: list[tuple[str, str]] = []
+        self._tail = False  # the rest of a dropped key is still arriving (see _whole)
         self.ready = False
         self.table = ""
 
     def receive_data(self, data: bytes) -> None:
         self._lines._buf += data  # LineBuffer.feed(), inlined
 
+    def discard(self) -> int:
+        """Drop buffered input (after an internal error); how many bytes were dropped."""
+        return self._lines.discard()
+
     def next_event(self) -> Event | None:
         lines = self._lines
         buf = lines._buf
         if not buf:
             return None
+        if self._tail:  # the end of a dropped key: up to its newline, never a request
+            end = buf.find(b"\n")
+            del buf[:end + 1 if end >= 0 else len(buf)]
+            self._tail = end < 0
+            if not buf:
+                return None
         if self.ready and not lines._skipping:  # LineBuffer.next_line() inlined: hot path
             end = buf.find(b"\n")
             if end >= 0:
@@ -93,17 +109,24 @@ class TableSide:
                 del buf[:end + 1]
                 lines.truncated = False
                 return self._whole(parse_request(line))
-        raw = lines.next_line()
-        if raw is None:
-            return None
-        line = decode(raw)
-        if self._lines.truncated:
-            result = parse_request(line)
-            return Malformed(f"request longer than {len(line)} bytes",
-                             id=getattr(result, "id", None), op=getattr(result, "op", None))
-        if self.ready:
-            return self._whole(parse_request(line))
-        return self._handshake(line)
+        while True:  # a loop, not recursion: any number of config lines in one read
+            raw = lines.next_line()
+            if raw is None:
+                return None
+            line = decode(raw)
+            if lines.truncated:
+                if not self.ready:
+                    return Malformed(f"handshake line longer than {len(line)} bytes")
+                # The line was cut: drop its last field, which may be a cut id. An id that
+                # survives is whole, so the error reply carries exactly what smtpd sent.
+                result = parse_request(line.rpartition("|")[0])
+                return Malformed(f"request longer than {len(line)} bytes",
+                                 id=getattr(result, "id", None), op=getattr(result, "op", None))
+            if self.ready:
+                return self._whole(parse_request(line))
+            event = self._handshake(line)
+            if event is not None:
+                return event
 
     def _whole(self, event: Request | Malformed) -> Request | Malformed:
         """Refuse a credentials key that smtpd < 7.8 split with a raw newline.
@@ -117,6 +140,7 @@ class TableSide:
         buf = self._lines._buf
         if buf and isinstance(event, Request) and event.service in _CLIENT_SECRETS:
             dropped = len(buf)
+            self._tail = not buf.endswith(b"\n")  # its last line may still be arriving
             del buf[:]
             return Malformed(f"{event.service} key followed by {dropped} more bytes: a newline "
                              "in the client's credentials (smtpd < 7.8); dropped",
@@ -124,6 +148,7 @@ class TableSide:
         return event
 
     def _handshake(self, line: str) -> Event | None:
+        """One line before ``config|ready``: None when it was a config line (kept)."""
         if line == "config|ready":
             self.ready = True
             config = dict(self._config)
@@ -133,8 +158,11 @@ class TableSide:
         if key != "config" or not sep:
             return Malformed(f"expected config|… during the handshake, got {line[:20]!r}…")
         name, _, value = value.partition("|")
-        self._config.append((name, value))
-        return self.next_event()
+        if len(self._config) < MAX_CONFIG_ITEMS or name in _KNOWN_CONFIG:
+            self._config.append((name[:64], value[:MAX_CONFIG_VALUE]))
+            if len(self._config) > 2 * MAX_CONFIG_ITEMS:  # known keys sent over and over
+                self._config = self._config[-MAX_CONFIG_ITEMS:]
+        return None
 
     @staticmethod
     def registration(services: Iterable[Service]) -> bytes:

@@ -60,15 +60,21 @@ class TableSide:
     def receive_data(self, data: bytes) -> None:
         self._lines.feed(data)
 
+    def discard(self) -> int:
+        return self._lines.discard()
+
     def next_event(self) -> Event | None:
         raw = self._lines.next_line()
         if raw is None:
             return None
-        result = parse_request(decode(raw))
+        line = decode(raw)
         if self._lines.truncated:
+            # cut: the last field may be a cut id, never echoed (a reply carries exactly
+            # the id smtpd sent, or there is none)
+            result = parse_request(line.rpartition("|")[0])
             return Malformed("request too long", id=getattr(result, "id", None),
                              op=getattr(result, "op", None))
-        return result
+        return parse_request(line)
 
     @staticmethod
     def reply(op: Op, request_id: str, reply: Reply) -> bytes:

@@ -34,7 +34,9 @@ PROTOCOLS = ("native", "imsg", "2020")
 _MAGIC = {"native": b"config|", "2020": b"table|", "imsg": imsg.HEADER.pack(
     imsg.PROC_TABLE_OPEN, 0, 0, 0, 0)[:4]}
 MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
-MAX_PENDING = 1024  # async handlers in flight before requests are refused outright
+# Async handlers in flight: past this many the reader stops reading until one ends (at
+# its deadline at the latest), so a burst of requests cannot grow memory (docs/limits.md).
+MAX_PENDING = 1024
 _monotonic = time.monotonic
 
 
@@ -59,6 +61,7 @@ class Codec(Protocol):
 
     def receive_data(self, data: bytes) -> None: ...
     def next_event(self) -> Event | None: ...
+    def discard(self) -> int: ...
     def reply(self, op: Op, request_id: str, reply: Reply) -> bytes: ...
 
 
@@ -88,6 +91,7 @@ class Server:
         self._generation = 0
         self._done = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = threading.BoundedSemaphore(MAX_PENDING)  # async handlers in flight
 
     # --- I/O ---
 
@@ -160,7 +164,12 @@ class Server:
         next_event, receive_data, read = codec.next_event, codec.receive_data, self._read
         done, dispatch = self._done, self._dispatch
         while not done.is_set():
-            event = next_event()
+            try:
+                event = next_event()
+            except Exception as exc:  # a codec bug: never a dead reader that ignores EOF
+                log.error("internal error parsing smtpd's input (%s): %d buffered bytes "
+                          "dropped", type(exc).__name__, codec.discard())
+                continue
             if event is None:
                 data = read()
                 if not data:
@@ -243,13 +252,15 @@ class Server:
         ordered = self.protocol == "imsg"  # no ids on imsg: replies in request order
         with self._lock:
             self._inflight[request.id] = (request, deadline, ordered)
-        if len(self._tasks) >= MAX_PENDING:
-            coro.close()
-            self._finish(request, Failed(f"{len(self._tasks)} async handlers pending"))
-            return
+        self._slots.acquire()  # backpressure: wait for a handler to end (reader thread)
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         self._tasks[request.id] = future  # cancelled by the watchdog at the deadline
-        future.add_done_callback(lambda _: self._tasks.pop(request.id, None))
+
+        def release(_: Any) -> None:
+            self._tasks.pop(request.id, None)
+            self._slots.release()
+
+        future.add_done_callback(release)
         if ordered:
             try:
                 reply = future.result()
