@@ -21,6 +21,7 @@ from opensmtpd.procexec.bridge import Bridge, Settings
 from opensmtpd.table import imsg, native, procexec2020
 from opensmtpd.table.events import Failed, Found, NotFound, Op, Request, Updated
 from opensmtpd.table.events import Malformed as TableMalformed
+from opensmtpd.wire import ProtocolViolation
 
 from . import budget, grammar, inputs
 
@@ -105,9 +106,9 @@ def test_procexec2020_table_side(data: bytes, cuts: list[int]) -> None:
 def test_smtpd_side_reply_parsers(op: Op, ident: str, line: str) -> None:
     """smtpd's end (driver, bridge): only ProtocolViolation, never anything else."""
     for candidate in (line, f"{op.value}-result|{ident}|{line}", f"table-result|{ident}|{line}"):
-        with contextlib.suppress(native.ProtocolViolation):
+        with contextlib.suppress(ProtocolViolation):
             native.parse_reply(op, ident, candidate)
-        with contextlib.suppress(native.ProtocolViolation):
+        with contextlib.suppress(ProtocolViolation):
             native.parse_registration(candidate)
         procexec2020.parse_reply(op, ident, candidate)
 
@@ -148,7 +149,7 @@ def test_imsg_table_side(data: bytes, cuts: list[int], reply: Any) -> None:
 @FUZZ
 @given(st.sampled_from([*list(Op), None]), st.integers(-3, 9), st.binary(max_size=40))
 def test_imsg_reply_parser(op: Op | None, kind: int, payload: bytes) -> None:
-    with contextlib.suppress(imsg.ProtocolViolation):
+    with contextlib.suppress(ProtocolViolation):
         imsg.parse_reply(op, kind, payload)
 
 

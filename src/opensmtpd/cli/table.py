@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..table.conformance import Battery, summary
-from ..table.driver import BackendExited, BackendTimeout, Driver, ProtocolViolation, describe_reply
+from ..table.driver import BackendExited, BackendTimeout, Driver, describe_reply
 from ..table.events import Failed, NotFound, Op
-from ..table.imsg import ProtocolViolation as ImsgViolation
 from ..table.procexec2020 import FORMS
 from ..table.services import Service
+from ..wire import ProtocolViolation
 
 ACTIONS = {"check": 2, "lookup": 2, "fetch": 1, "update": 0, "conform": 0}
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with start() as driver:
             reply = driver.query(Op(action), service, params[1] if len(params) > 1 else None)
-    except (ProtocolViolation, ImsgViolation, BackendExited) as exc:
+    except (ProtocolViolation, BackendExited) as exc:
         print(f"smtpd would exit: {exc}", file=sys.stderr)
         return 3
     except BackendTimeout as exc:

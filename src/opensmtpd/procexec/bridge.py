@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from ..table import imsg, native, procexec2020
 from ..table.backend import describe
 from ..table.events import Failed, Found, Hello, Malformed, Op, Reply, Request
-from ..table.lines import MAX_LINE, LineBuffer, decode, encode
 from ..table.services import Service
+from ..wire import MAX_LINE, LineBuffer, ProtocolViolation, decode, encode
 
 log = logging.getLogger("opensmtpd.procexec")
 
@@ -405,7 +405,7 @@ class Bridge:
     def _registration(self, line: str) -> None:
         try:
             service = native.parse_registration(line)
-        except native.ProtocolViolation as exc:
+        except ProtocolViolation as exc:
             if line.startswith("register|"):  # smtpd 7.6 would exit; we only skip it
                 log.warning("child registered %s: ignored", exc)
                 return
@@ -470,7 +470,7 @@ class Bridge:
         if self.child_dialect == "native":
             try:
                 reply = native.parse_reply(request.op, entry.child_id, line)
-            except native.ProtocolViolation as exc:
+            except ProtocolViolation as exc:
                 log.error("%s: malformed reply from the child (%s): %s: answering -1 (tempfail)",
                           describe(request), exc, shown(line))
                 return None

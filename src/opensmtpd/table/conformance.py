@@ -14,9 +14,9 @@ import select
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .driver import BackendExited, BackendTimeout, Driver, ProtocolViolation
+from ..wire import ProtocolViolation
+from .driver import BackendExited, BackendTimeout, Driver
 from .events import Failed, Found, NotFound, Op, Reply, Updated
-from .imsg import ProtocolViolation as ImsgViolation
 from .services import InvalidValue, Service, smtpd_parse_error, validate_value
 
 # A key for each service shaped like what smtpd sends (lab-7.6 REPORT §2.3).
@@ -66,7 +66,7 @@ class Battery:
     def run(self) -> Iterator[Result]:
         try:
             self.driver = self.start()
-        except (ProtocolViolation, ImsgViolation, BackendExited, BackendTimeout, OSError) as exc:
+        except (ProtocolViolation, BackendExited, BackendTimeout, OSError) as exc:
             yield Result("FAIL", "handshake", f"{type(exc).__name__}: {exc}")
             return
         yield from self._handshake()
@@ -150,7 +150,7 @@ class Battery:
         assert driver is not None
         try:
             return driver.query(op, service, key, service_code=code)
-        except (ProtocolViolation, ImsgViolation) as exc:
+        except ProtocolViolation as exc:
             return Result("FAIL", name, f"smtpd would exit: {exc}")
         except BackendTimeout as exc:
             return Result("FAIL", name, f"smtpd would hang: {exc}")

@@ -19,12 +19,10 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from ..wire import LineBuffer, ProtocolViolation, decode
 from . import imsg, native, procexec2020
 from .events import Failed, Op, Reply
-from .lines import LineBuffer, decode
 from .services import Service
-
-ProtocolViolation = native.ProtocolViolation
 
 
 class BackendTimeout(Exception):

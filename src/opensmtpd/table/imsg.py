@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+from ..wire import ENCODING, ERRORS, ProtocolViolation, decode, encode
 from .events import (
     Event,
     Failed,
@@ -25,7 +26,6 @@ from .events import (
     Updated,
     make_request,
 )
-from .lines import ENCODING, ERRORS, decode, encode
 from .services import Service
 
 HEADER = struct.Struct("=IHHII")
@@ -220,10 +220,6 @@ class TableSide:
 
 
 # --- smtpd's end (table_proc.c @ 6.8) ---
-
-
-class ProtocolViolation(Exception):
-    """A reply that makes smtpd 6.8 fatal (and exit)."""
 
 
 def open_request(table: str, pid: int = 0, version: int = API_VERSION) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..wire import ENCODING, ERRORS, LineBuffer, ProtocolViolation, decode, encode, one_line
 from .events import (
     Event,
     Failed,
@@ -29,7 +30,6 @@ from .events import (
     Updated,
     make_request,
 )
-from .lines import ENCODING, ERRORS, LineBuffer, decode, encode, one_line
 from .services import Service
 
 PROTOCOL_VERSION = "0.1"
@@ -196,10 +196,6 @@ class TableSide:
 
 
 # --- smtpd's end: used by the by-hand tool, the conformance battery and the bridge ---
-
-
-class ProtocolViolation(Exception):
-    """A reply that would make smtpd fatalx (and exit, taking mail delivery down)."""
 
 
 def handshake(table: str, smtpd_version: str = "7.6.0-portable") -> bytes:

@@ -15,8 +15,8 @@ Replies: ``table-result|<id>|updated|found|not-found|failure`` or ``found|<value
 
 from __future__ import annotations
 
+from ..wire import LineBuffer, decode, encode
 from .events import Event, Failed, Found, Malformed, NotFound, Op, Reply, Request, Updated
-from .lines import LineBuffer, decode, encode
 from .services import Service
 
 PROTOCOL_VERSION = "0.1"

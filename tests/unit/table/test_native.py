@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from opensmtpd.table import native
 from opensmtpd.table.events import Failed, Found, Hello, Malformed, NotFound, Op, Request, Updated
-from opensmtpd.table.lines import MAX_LINE
 from opensmtpd.table.native import ProtocolViolation, TableSide, parse_reply, parse_request
 from opensmtpd.table.services import Service
+from opensmtpd.wire import MAX_LINE
 
 TS = "1715000000.123456"
 

@@ -1,4 +1,8 @@
-"""Line framing shared by the two text protocols (sans-IO)."""
+"""What every wire module shares, tables and filters, both ends (sans-IO): the text
+encoding, bounded line framing, and the one exception for what smtpd would refuse.
+
+The protocol modules themselves are ``opensmtpd.table.wire`` and ``opensmtpd.filter.wire``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,15 @@ ERRORS = "surrogateescape"  # any byte smtpd sends survives the round trip
 # smtpd keys are < 1024 bytes and values are parsed into LINE_MAX buffers; a line far
 # beyond that is not from smtpd. Bounded so a runaway peer cannot grow our memory.
 MAX_LINE = 65536
+
+
+class ProtocolViolation(Exception):
+    """Bytes smtpd would refuse: it ``fatalx``es on them, and its exit stops the mail.
+
+    Raised by the smtpd end of every protocol (a table's or a filter's reply judged as
+    smtpd judges it); a table or filter end never raises it on what smtpd sends (what it
+    cannot parse is a ``Malformed`` event, answered where an answer is owed).
+    """
 
 
 def decode(raw: bytes) -> str:
