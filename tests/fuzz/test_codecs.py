@@ -18,9 +18,9 @@ from opensmtpd.filter.events import DataLine, Malformed, Query
 from opensmtpd.filter.protocol import FilterSide, parse_line
 from opensmtpd.filter.runtime import settle
 from opensmtpd.procexec.bridge import Bridge, Settings
-from opensmtpd.table import imsg, native, procexec2020
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Request, Updated
-from opensmtpd.table.events import Malformed as TableMalformed
+from opensmtpd.table.wire import imsg, native, procexec2020
+from opensmtpd.table.wire.events import Answer, Error, Found, NotFound, Op, Ready, Request, Updated
+from opensmtpd.table.wire.events import Malformed as TableMalformed
 from opensmtpd.wire import ProtocolViolation
 
 from . import budget, grammar, inputs
@@ -39,7 +39,7 @@ def _quiet() -> Iterator[None]:
 FUZZ = settings(max_examples=budget.CODEC_EXAMPLES, deadline=None, derandomize=not budget.LONG,
                 suppress_health_check=list(HealthCheck))
 REPLIES = [Found("v@example.org"), Found(None), Found(""), Found("a\nb"), Found("x\ud800"),
-           NotFound(), Failed("down %s\r\n"), Failed(""), Updated()]
+           NotFound(), Error("down %s\r\n"), Error(""), Updated()]
 
 # Byte soup biased toward the protocols' own pieces, so that parsers get past their
 # first checks: fields, separators, ids, versions, odd bytes.
@@ -78,7 +78,7 @@ def _drive_line_codec(side: Any, data: bytes, cuts: list[int], dialect: str) -> 
                 assert event.op is not None
                 for reply in REPLIES:
                     try:
-                        encoded = side.reply(event.op, event.id, reply)
+                        encoded = side.send(Answer(event.op, event.id, reply))
                     except UnicodeEncodeError:
                         continue  # the runtime answers error then (one place, runtime.py)
                     judge.received(encoded)
@@ -134,13 +134,13 @@ def test_imsg_table_side(data: bytes, cuts: list[int], reply: Any) -> None:
         side.receive_data(piece)
         while (event := side.next_event()) is not None:
             if type(event).__name__ == "Hello":
-                judge.received(side.opened())
+                judge.received(side.send(Ready()))
             elif isinstance(event, Request | TableMalformed) and event.id is not None:
                 assert event.op is not None
                 try:
-                    encoded = side.reply(event.op, event.id, reply)
+                    encoded = side.send(Answer(event.op, event.id, reply))
                 except UnicodeEncodeError:  # the runtime answers error then (runtime.py)
-                    encoded = side.reply(event.op, event.id, Failed("unencodable"))
+                    encoded = side.send(Answer(event.op, event.id, Error("unencodable")))
                 judge.received(encoded)
     tally = judge.finish()
     assert not tally.problems, tally.details()

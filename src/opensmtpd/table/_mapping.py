@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .backend import Table, TempFail
-from .events import Op, Request
+from ._table import Table, TempFail
 from .match import ascii_lower
-from .services import ALL_BUT_AUTH, Service
 from .static import StaticEntries
+from .wire.events import Op, Request
+from .wire.services import ALL_BUT_AUTH, Service
 
 log = logging.getLogger("opensmtpd.table")
 _SEPARATORS = " \t:"
