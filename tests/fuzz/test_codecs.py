@@ -19,8 +19,20 @@ from opensmtpd.filter.protocol import FilterSide, parse_line
 from opensmtpd.filter.runtime import settle
 from opensmtpd.procexec.bridge import Bridge, Settings
 from opensmtpd.table.wire import imsg, native, procexec2020
-from opensmtpd.table.wire.events import Answer, Error, Found, NotFound, Op, Ready, Request, Updated
+from opensmtpd.table.wire.events import (
+    Answer,
+    Error,
+    Found,
+    NotFound,
+    Op,
+    Open,
+    Ready,
+    Registered,
+    Request,
+    Updated,
+)
 from opensmtpd.table.wire.events import Malformed as TableMalformed
+from opensmtpd.table.wire.services import Service
 from opensmtpd.wire import ProtocolViolation
 
 from . import budget, grammar, inputs
@@ -111,6 +123,56 @@ def test_smtpd_side_reply_parsers(op: Op, ident: str, line: str) -> None:
         with contextlib.suppress(ProtocolViolation):
             native.parse_registration(candidate)
         procexec2020.parse_reply(op, ident, candidate)
+
+
+REPLY_PIECES = st.sampled_from([b"register|", b"alias", b"ready", b"none", b"-result|",
+                                 b"lookup", b"check", b"fetch", b"update", b"table-result|",
+                                 b"found", b"not-found", b"error", b"ok", b"updated",
+                                 b"failure", b"|", b"\n", b"0000000a", b"000000000000000a"])
+TABLE_WRITES = st.lists(st.one_of(REPLY_PIECES, st.binary(max_size=12)), max_size=60).map(
+    b"".join)
+
+
+@st.composite
+def imsg_replies(draw: st.DrawFn) -> bytes:
+    out = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from([imsg.PROC_TABLE_OK, imsg.PROC_TABLE_OK, imsg.PROC_TABLE_FAIL]))
+        result = imsg.RESULT.pack(draw(st.integers(-2, 2)))
+        payload = draw(st.sampled_from([b"", result, result + b"v\0", result + b"v"]))
+        out.append(imsg.message(kind, payload, 1))
+    return b"".join(out) + draw(st.binary(max_size=24))
+
+
+@FUZZ
+@given(st.sampled_from(["native", "imsg", "2020"]), st.data(),
+       st.lists(st.integers(0, 1 << 20), max_size=6),
+       st.lists(st.sampled_from(list(Op)), min_size=1, max_size=6))
+def test_smtpd_sides(protocol: str, data: st.DataObject, cuts: list[int], ops: list[Op]) -> None:
+    """smtpd's end of each protocol (driver, conformance battery): whatever a table writes,
+    in any pieces, only ProtocolViolation where smtpd exits (native, imsg; never in the
+    2020 dialect), and every Answer answers a request sent, in the order sent."""
+    written = data.draw(imsg_replies() if protocol == "imsg" else TABLE_WRITES)
+    side: Any = {"native": native.SmtpdSide, "imsg": imsg.SmtpdSide,
+                 "2020": procexec2020.SmtpdSide}[protocol]()
+    side.send(Open("t"))
+    sent: list[tuple[Op, str]] = []
+    try:
+        for piece in pieces(written, cuts):
+            side.receive_data(piece)
+            while (event := side.next_event()) is not None:
+                if isinstance(event, Registered):
+                    for number, op in enumerate(ops):
+                        request_id = f"{number:08x}"
+                        service = None if op is Op.UPDATE else Service.ALIAS
+                        side.send(Request(op, request_id, "t", service, "k", "alias"))
+                        sent.append((op, request_id))
+                    continue
+                assert isinstance(event, Answer) and sent, event
+                assert (event.op, event.id) == sent.pop(0)
+                assert isinstance(event.reply, Found | NotFound | Error | Updated)
+    except ProtocolViolation:
+        assert protocol != "2020"
 
 
 @st.composite

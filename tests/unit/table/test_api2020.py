@@ -144,6 +144,18 @@ def test_failure() -> None:
     assert isinstance(ask(Op.UPDATE), Error)  # smtpctl must say "command failed"
 
 
+def test_failure_raises_inside_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """failure(token) fails the one way a Table handler fails: by raising TempFail, whose
+    reason reaches smtpd and the log."""
+    api2020.on_lookup(lambda token, name, service, key: api2020.failure(token))
+    caplog.set_level(logging.INFO, logger="opensmtpd")
+    assert ask(Op.LOOKUP, Service.ALIAS, "root") == Error("failure")
+    assert "temporary failure: failure" in caplog.text
+    api2020.on_lookup(lambda token, name, service, key: api2020.boolean(token, True))
+    reply = ask(Op.LOOKUP, Service.ALIAS, "root")
+    assert isinstance(reply, Error) and "use result()" in reply.reason
+
+
 def test_updated() -> None:
     api2020.on_update(lambda token, name: api2020.updated(token))
     assert ask(Op.UPDATE) == Updated()

@@ -472,3 +472,46 @@ def test_async_handler_past_its_deadline_is_cancelled(
     while time.monotonic() < deadline and start.stderr(driver).count("released") < 3:
         time.sleep(0.05)
     assert start.stderr(driver).count("released") == 3, start.stderr(driver)
+
+
+# --- the runtime serves anything shaped like _runtime.Served, not only a Table ----------
+
+SERVED = """
+from opensmtpd.table._runtime import serve
+from opensmtpd.table.wire import Error, Found, Service
+
+class Minimal:
+    deadline = 2.0
+    services = (Service.ALIAS,)
+    protocol = None
+
+    def handshake(self, protocol, hello):
+        self.protocol = protocol
+        if hello is not None:
+            self.protocol += "-" + (hello.smtpd_version or "none")
+
+    def answer(self, request):
+        if request.key == "boom":
+            raise RuntimeError("answer() itself raised")
+        return Found(f"{request.key}@{self.protocol}.example.org")
+
+    def failure(self, request, exc):
+        return Error(f"failure: {type(exc).__name__}")
+
+serve(Minimal())
+"""
+
+
+@pytest.mark.parametrize(("protocol", "seen"), [("native", "native-7.9.0-portable"),
+                                                ("imsg", "imsg-none"), ("2020", "2020")])
+def test_the_runtime_serves_what_is_shaped_like_served(
+        start: Started, make_backend: Callable[..., Path], protocol: str, seen: str) -> None:
+    driver = start(make_backend(SERVED), protocol=protocol, smtpd_version="7.9.0-portable")
+    if protocol == "native":
+        assert driver.services == (Service.ALIAS,)
+    assert driver.lookup(Service.ALIAS, "root") == Found(f"root@{seen}.example.org")
+    reply = driver.lookup(Service.ALIAS, "boom")  # only native replies carry a reason
+    assert isinstance(reply, Error)
+    if protocol == "native":
+        assert reply == Error("failure: RuntimeError")
+    assert driver.close() == 0
