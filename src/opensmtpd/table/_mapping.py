@@ -138,8 +138,9 @@ class MappingTable(Table):
         return self._entries().check(request.service, key)
 
     def _lookup(self, key: str, request: Request) -> str | None:
-        assert request.service is not None
-        return self._entries().lookup(request.service, key)
+        if self.error is not None:  # _entries(), inlined: the hot path
+            raise TempFail(self.error)
+        return self.static.lookup(request.service, key)  # type: ignore[arg-type]
 
     def _fetch(self, request: Request) -> str | None:
         return self._entries().fetch()

@@ -47,6 +47,7 @@ MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
 # its deadline at the latest), so a burst of requests cannot grow memory (docs/limits.md).
 MAX_PENDING = 1024
 _monotonic = time.monotonic
+_answer = tuple.__new__  # _answer(Answer, (op, id, reply)): Answer(...) at a third of the cost
 
 
 class Served(Protocol):
@@ -128,6 +129,7 @@ class Server:
         self.protocol = protocol
         self.table.handshake(protocol, None)
         self.codec = make_codec(protocol)
+        self._send = self.codec.send
         if protocol == "imsg" and _is_socket(self.infd):
             self.outfd = self.infd  # smtpd <= 7.5 gives one socket, on fd 0 only
         self.codec.receive_data(data)
@@ -155,7 +157,7 @@ class Server:
     def _reader(self, generation: int) -> None:
         codec = self.codec
         assert codec is not None
-        next_event, receive_data, read = codec.next_event, codec.receive_data, self._read
+        next_event, receive_data, infd = codec.next_event, codec.receive_data, self.infd
         done, dispatch = self._done, self._dispatch
         while not done.is_set():
             try:
@@ -165,13 +167,13 @@ class Server:
                           "dropped", type(exc).__name__, codec.discard())
                 continue
             if event is None:
-                data = read()
+                data = read_some(infd)  # self._read(), inlined: the hot path
                 if not data:
                     done.set()
                     return
                 receive_data(data)
                 continue
-            if isinstance(event, Request):
+            if type(event) is Request:
                 dispatch(event)
             else:
                 self._other(event)
@@ -218,26 +220,42 @@ class Server:
         if type(reply) not in REPLY_TYPES and isinstance(reply, Coroutine):
             self._dispatch_async(request, reply, deadline)
             return
-        self._finish(request, reply)  # type: ignore[arg-type]
+        with self._lock:  # _finish(), inlined: the hot path
+            if self._inflight.pop(request.id, None) is not None:
+                try:
+                    data = self._send(_answer(Answer, (request.op, request.id, reply)))
+                except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
+                    data = self._unencodable(request, exc)
+                if not write_all(self.outfd, data):
+                    self._done.set()
+            else:
+                self._late(request)
 
     def _reply(self, request: Request, reply: Reply) -> bytes:
         assert self.codec is not None
         try:
-            return self.codec.send(Answer(request.op, request.id, reply))
+            return self.codec.send(_answer(Answer, (request.op, request.id, reply)))
         except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
-            log.error("%s: answer cannot be encoded (%s), answering error", request.describe(),
-                      type(exc).__name__)
-            return self.codec.send(Answer(request.op, request.id, Error("unencodable answer")))
+            return self._unencodable(request, exc)
+
+    def _unencodable(self, request: Request, exc: Exception) -> bytes:
+        assert self.codec is not None
+        log.error("%s: answer cannot be encoded (%s), answering error", request.describe(),
+                  type(exc).__name__)
+        return self.codec.send(Answer(request.op, request.id, Error("unencodable answer")))
 
     def _finish(self, request: Request, reply: Reply) -> None:
         """Write the reply unless the watchdog already answered this request."""
         with self._lock:
             if self._inflight.pop(request.id, None) is None:
-                self._abandoned.discard(request.id)
-                log.warning("%s: late answer dropped (the deadline had passed)",
-                            request.describe())
+                self._late(request)
                 return
             self._write(self._reply(request, reply))
+
+    def _late(self, request: Request) -> None:
+        """The watchdog answered already: the handler's answer is dropped."""
+        self._abandoned.discard(request.id)
+        log.warning("%s: late answer dropped (the deadline had passed)", request.describe())
 
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:

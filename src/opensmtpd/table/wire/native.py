@@ -113,7 +113,8 @@ class TableSide:
                 line = buf[:end].decode(ENCODING, ERRORS)
                 del buf[:end + 1]
                 lines.truncated = False
-                return self._whole(parse_request(line))
+                request = parse_request(line)
+                return self._whole(request) if buf else request  # nothing queued: whole
         while True:  # a loop, not recursion: any number of config lines in one read
             raw = lines.next_line()
             if raw is None:
