@@ -2,7 +2,8 @@
 
 One module per generation, each with a ``TableSide`` (a table's end) and an
 ``SmtpdSide`` (smtpd's end), shaped like h11: ``receive_data(bytes)``, ``next_event()``,
-``send(event) -> bytes``. No I/O, no clock, no globals.
+``send(event) -> bytes``. No I/O, no globals, no clock read (smtpd's end takes one to
+stamp its requests).
 
 - ``imsg``: the binary imsg protocol of smtpd <= 7.5 (6.8 on Debian 12).
 - ``native``: the line protocol "0.1" of smtpd >= 7.6.
