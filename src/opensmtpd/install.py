@@ -32,7 +32,7 @@ from . import __version__
 from .procexec.bridge import PROTOCOLS
 from .procexec.main import UsageError
 from .procexec.main import parse_args as bridge_args
-from .table.procexec2020 import FORMS
+from .table.wire.procexec2020 import FORMS
 
 PACKAGE = Path(__file__).resolve().parent  # the opensmtpd package
 SMTPD_CANDIDATES = ("/usr/sbin/smtpd", "/usr/local/sbin/smtpd")

@@ -32,11 +32,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..table import imsg, native, procexec2020
-from ..table.backend import describe
-from ..table.events import Failed, Found, Hello, Malformed, Op, Reply, Request
-from ..table.services import Service
+from ..table.wire import imsg, native, procexec2020
+from ..table.wire.events import Answer, Found, Hello, Malformed, Op, Ready, Reply, Request
+from ..table.wire.events import Error as Failed  # merge: the class is Error now
+from ..table.wire.services import Service
 from ..wire import MAX_LINE, LineBuffer, ProtocolViolation, decode, encode
+
+describe = Request.describe  # merge: write request.describe() at the call sites
 
 log = logging.getLogger("opensmtpd.procexec")
 
@@ -198,7 +200,7 @@ class Bridge:
             self._flush()
 
     def _open(self, hello: Hello, now: float) -> None:
-        self.to_smtpd += self._smtpd.opened()
+        self.to_smtpd += self._smtpd.send(Ready())
         if self.opened:
             return
         self.opened, self.table = True, hello.table
@@ -294,7 +296,8 @@ class Bridge:
             if entry.reply is None:
                 return
             del pending[key]
-            self.to_smtpd += self._smtpd.reply(entry.request.op, entry.request.id, entry.reply)
+            request = entry.request
+            self.to_smtpd += self._smtpd.send(Answer(request.op, request.id, entry.reply))
 
     # --- the child's side ---
 

@@ -47,7 +47,7 @@ from types import FrameType
 from typing import NoReturn
 
 from ..extras import self_test
-from ..table.procexec2020 import FORMS
+from ..table.wire.procexec2020 import FORMS
 from .bridge import PROTOCOLS, Bridge, Settings
 
 monotonic = time.monotonic

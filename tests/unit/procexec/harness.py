@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import deque
 
 from opensmtpd.procexec import Bridge, Settings
-from opensmtpd.table import imsg
-from opensmtpd.table.events import Op, Reply
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import imsg
+from opensmtpd.table.wire.events import Op, Reply
+from opensmtpd.table.wire.services import Service
 
 STAMP = 1700000000.25
 TABLE = "aliases"

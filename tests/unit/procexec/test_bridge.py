@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from opensmtpd.procexec import Phase, Settings
 from opensmtpd.procexec.bridge import MAX_WAITING, shown
-from opensmtpd.table import imsg
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Updated
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import imsg
+from opensmtpd.table.wire.events import Error, Found, NotFound, Op, Updated
+from opensmtpd.table.wire.services import Service
 
 from .harness import TABLE, Harness
 
@@ -70,11 +70,11 @@ def test_unknown_registration_is_skipped_not_fatal(caplog: pytest.LogCaptureFixt
 @pytest.mark.parametrize(("op", "answer", "expected"), [
     (Op.LOOKUP, "found|vuser", Found("vuser")),
     (Op.LOOKUP, "not-found", NotFound()),
-    (Op.LOOKUP, "error|backend down", Failed("-1")),
-    (Op.LOOKUP, "error", Failed("-1")),
+    (Op.LOOKUP, "error|backend down", Error("-1")),
+    (Op.LOOKUP, "error", Error("-1")),
     (Op.CHECK, "found", Found()),
     (Op.CHECK, "not-found", NotFound()),  # 0, not table-stdio's -1
-    (Op.CHECK, "error|x", Failed("-1")),
+    (Op.CHECK, "error|x", Error("-1")),
     (Op.FETCH, "found|10.0.0.1", Found("10.0.0.1")),
     (Op.FETCH, "not-found", NotFound()),
 ])
@@ -100,7 +100,7 @@ def test_check_not_found_is_zero_on_the_wire() -> None:
 
 
 @pytest.mark.parametrize(("answer", "expected"), [("ok", Updated()),
-                                                  ("error|reload failed", Failed("-1"))])
+                                                  ("error|reload failed", Error("-1"))])
 def test_update(answer: str, expected: object) -> None:
     h = Harness()
     h.native_child("alias")
@@ -117,7 +117,7 @@ def test_unregistered_service_is_refused_without_asking(caplog: pytest.LogCaptur
     h.ask(Op.LOOKUP, USERINFO, "root")
     h.ask(Op.LOOKUP, USERINFO, "other")
     assert h.sent() == []
-    assert h.replies() == [Failed("-1"), Failed("-1")]
+    assert h.replies() == [Error("-1"), Error("-1")]
     assert caplog.text.count("did not register") == 1  # warned once per service
 
 
@@ -125,14 +125,14 @@ def test_unknown_service_number_is_refused() -> None:
     h = Harness()
     h.native_child("alias")
     h.ask(Op.LOOKUP, None, "root", code=0x4000)
-    assert h.sent() == [] and h.replies() == [Failed("-1")]
+    assert h.sent() == [] and h.replies() == [Error("-1")]
 
 
 def test_key_with_a_newline_never_reaches_the_child() -> None:
     h = Harness()
     h.native_child("alias")
     h.ask(Op.LOOKUP, ALIAS, "root\nlookup-result|x|found|evil")
-    assert h.sent() == [] and h.replies() == [Failed("-1")]
+    assert h.sent() == [] and h.replies() == [Error("-1")]
 
 
 def test_key_with_a_pipe_is_the_last_field() -> None:
@@ -149,7 +149,7 @@ def test_value_too_long_for_imsg_is_an_error(caplog: pytest.LogCaptureFixture) -
     h.ask(Op.LOOKUP, ALIAS, "root")
     _, rid = lookup_line(h)
     h.child(f"lookup-result|{rid}|found|{'x' * (imsg.MAX_VALUE + 1)}\n")
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
     assert "does not fit an imsg reply" in caplog.text
     h.ask(Op.LOOKUP, ALIAS, "root")  # the largest value that fits still goes through
     _, rid = lookup_line(h)
@@ -174,7 +174,7 @@ def test_malformed_line_is_minus_one_and_logged(line: str,
     _, rid = lookup_line(h)
     caplog.clear()
     h.child(line.format(id=rid) + "\n")
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
     assert "malformed" in caplog.text and repr(line.format(id=rid))[:30] in caplog.text
     assert h.bridge.kill_reason is None  # a stray line does not cost the child its life
     h.ask(Op.LOOKUP, ALIAS, "root")
@@ -206,7 +206,7 @@ def test_overlong_line_is_an_error() -> None:
     h.ask(Op.LOOKUP, ALIAS, "root")
     _, rid = lookup_line(h)
     h.child(f"lookup-result|{rid}|found|{'y' * 70000}\n")
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
 
 
 # --- deadlines and late replies ---------------------------------------------------------
@@ -220,7 +220,7 @@ def test_deadline_then_late_reply_is_discarded(caplog: pytest.LogCaptureFixture)
     assert h.replies() == []
     assert h.bridge.next_wakeup() == pytest.approx(h.now + 0.1)
     h.later(0.2)
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
     h.ask(Op.LOOKUP, ALIAS, "root")
     _, rid2 = lookup_line(h)
     h.child(f"lookup-result|{rid}|found|stale\n")  # recognised by its id and dropped
@@ -237,7 +237,7 @@ def test_hung_child_is_restarted_after_consecutive_misses() -> None:
         h.ask(Op.LOOKUP, ALIAS, "root")
         h.sent()
         h.later(1.5)
-        assert h.replies() == [Failed("-1")]
+        assert h.replies() == [Error("-1")]
     assert "no reply in time" in h.killed()
     assert h.bridge.spawn_at is not None and h.bridge.spawn_at > h.now  # with back-off
 
@@ -263,7 +263,7 @@ def test_crash_fails_what_the_child_was_asked_then_backs_off(
     h.ask(Op.LOOKUP, ALIAS, "root")
     h.sent()
     h.bridge.child_exited("was killed by SIGKILL", h.now)
-    assert h.replies() == [Failed("-1")]  # at once, never resent (it may be the killer)
+    assert h.replies() == [Error("-1")]  # at once, never resent (it may be the killer)
     assert "was killed by SIGKILL" in caplog.text
     assert not h.bridge.spawn_due(h.now)
     delays = []
@@ -340,7 +340,7 @@ def test_request_waits_through_crashes_then_minus_one_at_its_deadline(
         replies += h.replies()
         if replies:
             break
-    assert replies == [Failed("-1")]
+    assert replies == [Error("-1")]
     assert h.now - asked <= 2.0
     assert "cannot wait" in caplog.text  # the next respawn came after its deadline
 
@@ -355,7 +355,7 @@ def test_backoff_past_the_deadline_is_minus_one_at_once() -> None:
     h.bridge.child_exited("exited with status 1", h.now)
     assert h.bridge.spawn_at == pytest.approx(h.now + 2.0)
     h.ask(Op.LOOKUP, ALIAS, "root")  # could only be asked after its deadline
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
 
 
 def test_waiting_requests_are_bounded() -> None:
@@ -370,7 +370,7 @@ def test_waiting_requests_are_bounded() -> None:
     lines = h.sent()
     assert len(lines) == MAX_WAITING
     h.child("".join(f"lookup-result|{line.split('|')[6]}|not-found\n" for line in lines))
-    assert h.replies() == [NotFound()] * MAX_WAITING + [Failed("-1")]
+    assert h.replies() == [NotFound()] * MAX_WAITING + [Error("-1")]
 
 
 def test_request_during_a_requested_kill_waits_for_the_next_child() -> None:
@@ -379,7 +379,7 @@ def test_request_during_a_requested_kill_waits_for_the_next_child() -> None:
     h.ask(Op.LOOKUP, ALIAS, "root")
     h.sent()
     h.later(1.5)
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
     assert h.bridge.kill_reason is not None  # hung: restarted before anything else
     h.ask(Op.LOOKUP, ALIAS, "root")
     assert h.sent() == []  # not given to the hung child
@@ -446,7 +446,7 @@ def test_forced_2020_no_handshake_and_table_result() -> None:
     h.ask(Op.LOOKUP, ALIAS, "z")
     zid = h.sent()[0].split("|")[5]
     h.child(f"table-response|{zid}|found|gilles\n")
-    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Failed("-1"), Found("gilles")]
+    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Error("-1"), Found("gilles")]
 
 
 def test_forced_2020_unnamed_form_only_when_asked() -> None:
@@ -500,7 +500,7 @@ def test_auto_failed_2020_probe_goes_back_to_native() -> None:
     h.ask(Op.LOOKUP, ALIAS, "root")
     h.sent()
     h.later(2.5)  # silent in 2020 too
-    assert h.replies() == [Failed("-1")]
+    assert h.replies() == [Error("-1")]
     h.killed()
     assert h.bridge.child_dialect == "native" and h.bridge.dialect is None
 

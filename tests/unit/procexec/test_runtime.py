@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from opensmtpd.procexec.main import UsageError, split_command
-from opensmtpd.table import Failed, Found, NotFound, Service, Updated
+from opensmtpd.table import Error, Found, NotFound, Service, Updated
 from opensmtpd.table.driver import Driver
 
 from .conftest import BRIDGE, REPO, Bridged, child, ours
@@ -31,7 +31,7 @@ def until_found(driver: Driver, service: Service, key: str, timeout: float = 15.
         reply = driver.lookup(service, key)
         if isinstance(reply, Found):
             return failures
-        assert isinstance(reply, Failed), reply  # never a not-found meanwhile: no bounce
+        assert isinstance(reply, Error), reply  # never a not-found meanwhile: no bounce
         failures += 1
         time.sleep(0.05)
     raise AssertionError(f"{key} never found")
@@ -157,7 +157,7 @@ def test_garbage_is_minus_one_with_a_log_line(bridge: Start, tmp_path: Path,
                                               data_file: Path) -> None:
     bridged, mode = fault_child(bridge, tmp_path, data_file)
     mode.write_text("garbage")
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     line = bridged.wait_log(r"table aliases\[\d+\]: malformed line from the child.*")[0]
     assert "'this is not a reply'" in line and "answering -1" in line
     mode.write_text("ok")
@@ -169,7 +169,7 @@ def test_hung_child_then_late_reply_discarded(bridge: Start, tmp_path: Path,
     bridged, mode = fault_child(bridge, tmp_path, data_file)
     mode.write_text("hang:1.5")
     started = time.monotonic()
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     assert time.monotonic() - started < 1.5  # answered at the deadline, not by the child
     mode.write_text("ok")
     bridged.wait_log(r"late reply to request \w+ discarded")
@@ -181,7 +181,7 @@ def test_child_dies_mid_request_and_is_respawned(bridge: Start, tmp_path: Path,
     bridged, mode = fault_child(bridge, tmp_path, data_file, deadline=5)
     mode.write_text("exit")
     started = time.monotonic()
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     assert time.monotonic() - started < 5  # at once, not at the deadline
     mode.write_text("ok")
     until_found(bridged.driver, USERINFO, "vuser")
@@ -195,9 +195,9 @@ def test_child_killed_by_pid_then_crash_loop_then_recovery(bridge: Start, tmp_pa
     mode.write_text("crash-start")
     os.kill(first, signal.SIGKILL)
     bridged.wait_log(rf"child pid {first} was killed by SIGKILL")
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")  # meanwhile: -1
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")  # meanwhile: -1
     bridged.wait_log(r"crashing at start", count=2)
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     mode.write_text("ok")
     until_found(bridged.driver, USERINFO, "vuser")
     assert "exited with status 3 during the handshake" in bridged.log()
@@ -207,7 +207,7 @@ def test_missing_child_program_is_retried_not_fatal(bridge: Start, tmp_path: Pat
                                                     data_file: Path) -> None:
     missing = tmp_path / "later.sh"
     bridged = bridge(f"{missing} {data_file}", max_backoff=0.3)
-    assert bridged.driver.lookup(ALIAS, "root") == Failed("-1")
+    assert bridged.driver.lookup(ALIAS, "root") == Error("-1")
     assert "cannot start the child" in bridged.wait_log(r".*cannot start the child.*")[0]
     missing.write_text((REPO / "tests" / "children" / "shell_table.sh").read_text())
     missing.chmod(0o755)
