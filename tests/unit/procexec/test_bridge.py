@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opensmtpd.procexec import Phase, Settings
-from opensmtpd.procexec.bridge import MAX_WAITING, shown
+from opensmtpd.procexec.logsafe import shown
+from opensmtpd.procexec.pending import MAX_WAITING
 from opensmtpd.table import imsg
 from opensmtpd.table.events import Failed, Found, NotFound, Op, Updated
 from opensmtpd.table.services import Service
@@ -41,7 +42,7 @@ def test_open_is_acknowledged_empty_and_starts_the_child() -> None:
 def test_handshake_after_open_gives_the_child_the_table_name() -> None:
     h = Harness()
     h.native_child("alias", "userinfo")  # asserts config|tablename|aliases was sent
-    assert h.bridge.phase is Phase.READY and h.bridge.dialect == "native"
+    assert h.bridge.phase is Phase.READY and h.bridge.dialect.known == "native"
     assert h.bridge.services == {ALIAS, USERINFO}
 
 
@@ -405,7 +406,7 @@ def test_handshake_timeout_in_forced_native_restarts_with_backoff() -> None:
     h.sent()
     h.later(1.1)
     assert "register|ready" in h.killed()
-    assert h.bridge.child_dialect == "native" and not h.bridge.spawn_due(h.now)
+    assert h.bridge.dialect.current == "native" and not h.bridge.spawn_due(h.now)
 
 
 def test_forced_native_never_falls_back_to_2020() -> None:
@@ -415,7 +416,7 @@ def test_forced_native_never_falls_back_to_2020() -> None:
     h.sent()
     h.child("table-result|x|found\n")
     h.killed()
-    assert h.bridge.child_dialect == "native"
+    assert h.bridge.dialect.current == "native"
 
 
 # --- the 2020 dialect and detection -----------------------------------------------------
@@ -476,13 +477,13 @@ def test_auto_falls_back_to_2020(how: str) -> None:
         h.killed()
     else:
         h.bridge.child_exited("exited with status 1", h.now)
-    assert h.bridge.child_dialect == "2020" and h.bridge.spawn_due(h.now)
+    assert h.bridge.dialect.current == "2020" and h.bridge.spawn_due(h.now)
     h.spawn()
     (line,) = h.sent()  # the queued request, now in the 2020 dialect
     rid = line.split("|")[5]
     h.child(f"table-result|{rid}|found|vuser\n")
     assert h.replies() == [Found("vuser")]
-    assert h.bridge.dialect == "2020"  # confirmed: kept from now on
+    assert h.bridge.dialect.known == "2020"  # confirmed: kept from now on
     h.bridge.child_exited("exited with status 1", h.now)
     h.later(1.0)
     h.spawn()
@@ -502,13 +503,13 @@ def test_auto_failed_2020_probe_goes_back_to_native() -> None:
     h.later(2.5)  # silent in 2020 too
     assert h.replies() == [Failed("-1")]
     h.killed()
-    assert h.bridge.child_dialect == "native" and h.bridge.dialect is None
+    assert h.bridge.dialect.current == "native" and h.bridge.dialect.known is None
 
 
 def test_auto_with_a_native_child_is_native() -> None:
     h = Harness()
     h.native_child("alias")
-    assert h.bridge.dialect == "native"
+    assert h.bridge.dialect.known == "native"
     h.bridge.child_exited("exited with status 1", h.now)
     h.later(1)
     h.spawn()

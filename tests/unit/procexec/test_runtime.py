@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from opensmtpd.procexec.main import UsageError, split_command
+from opensmtpd.procexec.cli import UsageError, split_command
 from opensmtpd.table import Failed, Found, NotFound, Service, Updated
 from opensmtpd.table.driver import Driver
 
@@ -248,7 +248,7 @@ def test_daemonized_smtpd_stderr_devnull_still_serves(tmp_path: Path, data_file:
         for _ in range(3):
             assert driver.lookup(ALIAS, "root") == Found("0:0:/root")
         assert driver.lookup(USERINFO, "nobody") == NotFound()
-    probe = "from opensmtpd.procexec.main import _stderr_is_devnull as f; print(f())"
+    probe = "from opensmtpd.stdio import stderr_is_devnull as f; print(f())"
     for stderr, expected in ((subprocess.DEVNULL, "True"), (subprocess.PIPE, "False")):
         out = subprocess.run([sys.executable, "-c", probe], stderr=stderr, stdout=subprocess.PIPE,
                              text=True, timeout=30).stdout.strip()
