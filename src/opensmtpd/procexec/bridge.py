@@ -56,6 +56,8 @@ class Bridge:
         self.table = ""
         self.opened = False
         self.dialect = Dialect(self.settings.protocol, self.settings.form_2020)
+        self._child_id = self.dialect.child_id  # (bound once: the hot path calls it)
+        self._deadline = self.settings.deadline
         self.phase = DOWN
         self.child_pid: int | None = None
         self.services: frozenset[Service] = frozenset()
@@ -110,12 +112,13 @@ class Bridge:
             elif isinstance(event, Malformed):
                 log.error("malformed message from smtpd: %s", event.reason)
                 if event.id is not None and event.op is not None:
-                    entry = self._enqueue(Request(event.op, event.id, self.table), now)
+                    entry = self._requests.add(Request(event.op, event.id, self.table),
+                                               now + self._deadline, self._child_id)
                     entry.reply = Failed("malformed request")
             else:
                 log.info("smtpd sent %s: ignored (only EOF ends the bridge)", event.what)
         if self._pending:
-            self._flush()
+            self._requests.flush(self.to_smtpd, self._smtpd.reply)  # (_flush, inlined)
 
     def _open(self, hello: Hello, now: float) -> None:
         self.to_smtpd += self._smtpd.opened()
@@ -124,12 +127,8 @@ class Bridge:
         self.opened, self.table = True, hello.table
         self.spawn_at = now
 
-    def _enqueue(self, request: Request, now: float) -> Pending:
-        return self._requests.add(request, now + self.settings.deadline,
-                                  self.dialect.child_id)
-
     def _request(self, request: Request, now: float) -> None:
-        entry = self._enqueue(request, now)
+        entry = self._requests.add(request, now + self._deadline, self._child_id)
         key = request.key
         ready = self.phase is READY and self.kill_reason is None
         if ready and request.service is not None and (
@@ -171,7 +170,8 @@ class Bridge:
                             "answering -1 (tempfail) without asking it", name)
             entry.reply = Failed(f"service {name} not registered by the child")
             return
-        self.to_child += dialect.request(request, self.table, entry.child_id,
+        self.to_child += dialect.request(request.op, self.table, entry.child_id,
+                                         request.service, request.key,
                                          f"{self._wallclock():.6f}")
         entry.sent = True
 
@@ -189,9 +189,7 @@ class Bridge:
 
     def _flush(self) -> None:
         """Write every answered request at the head of the queue: imsg replies go in order."""
-        encode_reply = self._smtpd.reply
-        for request, reply in self._requests.answered():
-            self.to_smtpd += encode_reply(request.op, request.id, reply)
+        self._requests.flush(self.to_smtpd, self._smtpd.reply)
 
     # --- the child's side ---
 
@@ -290,7 +288,7 @@ class Bridge:
                 else:
                     self._reply_line(line, lines.truncated)
         if self._pending:
-            self._flush()
+            self._requests.flush(self.to_smtpd, self._smtpd.reply)  # (_flush, inlined)
 
     def _registration(self, line: str) -> None:
         try:
@@ -338,7 +336,8 @@ class Bridge:
                                "garbage while probing the 2020 dialect")
             return
         self._failures = self._timeouts = 0
-        self.dialect.answered()
+        if self.dialect.known is None:  # a probe of the 2020 dialect succeeded
+            self.dialect.answered()
         self._answer(entry, reply)
 
     def _parse(self, entry: Pending, line: str) -> Reply | None:

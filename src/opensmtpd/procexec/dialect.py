@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 
 from ..table import native, procexec2020
-from ..table.events import Failed, Op, Reply, Request
+from ..table.events import Failed, Op, Reply
 from ..table.services import Service
 from ..wire import ProtocolViolation
 
@@ -51,14 +52,22 @@ class Restart(enum.Enum):
 class Dialect:
     """The dialect of the current (or next) child, and what its failures mean for it."""
 
-    __slots__ = ("_registering", "current", "known", "named", "native")
+    __slots__ = ("_registering", "current", "known", "named", "native", "parse_reply",
+                 "request")
+
+    # The codec of the current dialect, called for every request and reply: for the 0.1
+    # protocol, native.request and native.parse_reply themselves (no frame in between).
+    request: Callable[[Op, str, str, Service | None, str | None, str], bytes]
+    """``request(op, table, child_id, service, key, stamp)``: the line the child gets."""
+    parse_reply: Callable[[Op, str, str], Reply]
+    """``parse_reply(op, child_id, line)``: ProtocolViolation when malformed (the message
+    never quotes a value: it may be a secret)."""
 
     def __init__(self, protocol: str = "auto", form_2020: str = "named") -> None:
         self.known: str | None = None if protocol == "auto" else protocol
-        self.current: str = self.known or NATIVE  # what the current/next child hears
-        self.native = self.current == NATIVE  # (read for every request and reply)
         self.named = form_2020 == "named"
         self._registering: list[Service] = []
+        self._switch(self.known or NATIVE)
 
     @property
     def probing(self) -> bool:
@@ -93,18 +102,13 @@ class Dialect:
     def child_id(self, number: int) -> str:
         return f"{number & 0xFFFFFFFF:08x}" if self.native else f"{number:016x}"
 
-    def request(self, request: Request, table: str, child_id: str, stamp: str) -> bytes:
-        if self.native:
-            return native.request(request.op, table, child_id, request.service, request.key,
-                                  stamp)
-        return procexec2020.request(request.op, child_id, request.service, request.key, stamp,
+    def _request_2020(self, op: Op, table: str, child_id: str, service: Service | None,
+                      key: str | None, stamp: str) -> bytes:
+        return procexec2020.request(op, child_id, service, key, stamp,
                                     table=table if self.named else None)
 
-    def parse_reply(self, op: Op, child_id: str, line: str) -> Reply:
-        """The child's reply to request ``child_id``: ProtocolViolation when malformed (the
-        message never quotes a value: it may be a secret)."""
-        if self.native:
-            return native.parse_reply(op, child_id, line)
+    @staticmethod
+    def _parse_2020(op: Op, child_id: str, line: str) -> Reply:
         reply = procexec2020.parse_reply(op, child_id, line)
         if isinstance(reply, Failed) and reply.reason != "failure":
             raise ProtocolViolation("no table-result reply to this request")
@@ -133,5 +137,7 @@ class Dialect:
         return Restart.BACKOFF
 
     def _switch(self, dialect: str) -> None:
-        self.current = dialect
-        self.native = dialect == NATIVE
+        self.current = dialect  # what the current (or next) child hears
+        self.native = native_ = dialect == NATIVE
+        self.request = native.request if native_ else self._request_2020
+        self.parse_reply = native.parse_reply if native_ else self._parse_2020

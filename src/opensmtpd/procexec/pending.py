@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..table.events import Failed, Reply, Request
+from ..table.events import Failed, Op, Reply, Request
 
 # Requests that wait for a child being (re)started (down, starting, in its handshake), each
 # until its own deadline; one more is answered -1 at once. smtpd <= 7.5 asks a table one
@@ -48,18 +48,17 @@ class Requests:
         self.entries[entry.child_id] = entry
         return entry
 
-    def answered(self) -> list[tuple[Request, Reply]]:
-        """Remove and return the answered requests at the head: what smtpd can be told
-        now, in its order."""
-        entries, done = self.entries, []
+    def flush(self, out: bytearray, encode: Callable[[Op, str, Reply], bytes]) -> None:
+        """Move the replies of the answered requests at the head to ``out``, encoded:
+        what smtpd can be told now, in its order."""
+        entries = self.entries
         while entries:
             key = next(iter(entries))
             entry = entries[key]
             if entry.reply is None:
-                break
+                return
             del entries[key]
-            done.append((entry.request, entry.reply))
-        return done
+            out += encode(entry.request.op, entry.request.id, entry.reply)
 
     def cannot_wait(self, entry: Pending, restart_at: float | None, now: float) -> str | None:
         """Why ``entry`` cannot wait for the child being (re)started, if it cannot

@@ -8,14 +8,13 @@ import logging
 import pytest
 
 from opensmtpd.procexec.dialect import SMTPD_VERSION, Dialect, Restart
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Request, Updated
+from opensmtpd.table.events import Failed, Found, NotFound, Op, Updated
 from opensmtpd.table.services import Service
 from opensmtpd.wire import ProtocolViolation
 
 from .harness import TABLE, TS, Harness
 
 ALIAS, DOMAIN = Service.ALIAS, Service.DOMAIN
-LOOKUP = Request(Op.LOOKUP, "1", TABLE, ALIAS, "root")
 
 
 # --- the state machine ------------------------------------------------------------------
@@ -96,11 +95,11 @@ def test_request_lines_and_ids_per_dialect() -> None:
     native, named, unnamed = Dialect("native"), Dialect("2020"), Dialect("2020", "unnamed")
     assert native.child_id(0x1_2345_6789) == "23456789"  # 8 hex digits
     assert named.child_id(0x1_2345_6789) == "0000000123456789"  # 16
-    assert native.request(LOOKUP, TABLE, "ab", TS) == \
+    assert native.request(Op.LOOKUP, TABLE, "ab", ALIAS, "root", TS) == \
         f"table|0.1|{TS}|{TABLE}|lookup|alias|ab|root\n".encode()
-    assert named.request(LOOKUP, TABLE, "ab", TS) == \
+    assert named.request(Op.LOOKUP, TABLE, "ab", ALIAS, "root", TS) == \
         f"table|0.1|{TS}|{TABLE}|lookup|ab|alias|root\n".encode()
-    assert unnamed.request(LOOKUP, TABLE, "ab", TS) == \
+    assert unnamed.request(Op.LOOKUP, TABLE, "ab", ALIAS, "root", TS) == \
         f"table|0.1|{TS}|lookup|ab|alias|root\n".encode()
 
 

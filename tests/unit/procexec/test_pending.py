@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from opensmtpd.procexec.pending import EXPIRED_MEMORY, MAX_WAITING, Requests
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Request
+from opensmtpd.table.events import Failed, Found, NotFound, Op, Reply, Request
 from opensmtpd.table.services import Service
 
 from .harness import TABLE, Harness, lookup_line
@@ -33,12 +33,20 @@ def test_ids_are_unique_and_formatted_by_the_dialect() -> None:
 
 def test_only_the_answered_head_leaves_in_request_order() -> None:
     requests = Requests()
-    first, second = ask(requests, "a"), ask(requests, "b")
+    ask(requests, "a")
+    ask(requests, "b")
+    out = bytearray()
+
+    def encode(op: Op, request_id: str, reply: Reply) -> bytes:
+        return f"{op.value} {request_id} {reply}\n".encode()
+
     entries = list(requests.entries.values())
     entries[1].reply = Found("B")
-    assert requests.answered() == []  # the first one holds the second back (imsg order)
+    requests.flush(out, encode)
+    assert out == b""  # the first one holds the second back (imsg order)
     entries[0].reply = NotFound()
-    assert requests.answered() == [(first, NotFound()), (second, Found("B"))]
+    requests.flush(out, encode)
+    assert out.decode().splitlines() == ["lookup a NotFound()", "lookup b Found(value='B')"]
     assert not requests.entries
 
 
