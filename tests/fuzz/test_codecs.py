@@ -17,7 +17,7 @@ from opensmtpd.filter import Filter, dataline, junk, reject
 from opensmtpd.filter.events import DataLine, Malformed, Query
 from opensmtpd.filter.protocol import FilterSide, parse_line
 from opensmtpd.filter.runtime import settle
-from opensmtpd.procexec.bridge import Bridge, Settings
+from opensmtpd.procexec import Bridge, Settings
 from opensmtpd.table.wire import imsg, native, procexec2020
 from opensmtpd.table.wire.events import (
     Answer,

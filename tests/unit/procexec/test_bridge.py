@@ -1,4 +1,5 @@
-"""The bridge core: imsg replies exactly as smtpd 6.8 needs them, whatever the child does."""
+"""The bridge core: imsg replies exactly as smtpd 6.8 needs them, whatever the child does.
+(Dialect detection: test_dialect.py; requests waiting through restarts: test_pending.py.)"""
 
 from __future__ import annotations
 
@@ -8,25 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opensmtpd.procexec import Phase, Settings
-from opensmtpd.procexec.bridge import MAX_WAITING, shown
+from opensmtpd.procexec import Phase
 from opensmtpd.table.wire import imsg
 from opensmtpd.table.wire.events import Error, Found, NotFound, Op, Updated
 from opensmtpd.table.wire.services import Service
 
-from .harness import TABLE, Harness
+from .harness import TABLE, TS, Harness, lookup_line
 
-TS = "1700000000.250000"
 ALIAS, DOMAIN, USERINFO = Service.ALIAS, Service.DOMAIN, Service.USERINFO
-
-
-def lookup_line(h: Harness, service: str = "alias", key: str = "root") -> tuple[str, str]:
-    """The one request line the child got, and its id."""
-    (line,) = h.sent()
-    fields = line.split("|")
-    assert fields[:6] == ["table", "0.1", TS, TABLE, "lookup", service], line
-    assert fields[7] == key
-    return line, fields[6]
 
 
 # --- OPEN and the 0.1 handshake ---------------------------------------------------------
@@ -41,7 +31,7 @@ def test_open_is_acknowledged_empty_and_starts_the_child() -> None:
 def test_handshake_after_open_gives_the_child_the_table_name() -> None:
     h = Harness()
     h.native_child("alias", "userinfo")  # asserts config|tablename|aliases was sent
-    assert h.bridge.phase is Phase.READY and h.bridge.dialect == "native"
+    assert h.bridge.phase is Phase.READY and h.bridge.dialect.known == "native"
     assert h.bridge.services == {ALIAS, USERINFO}
 
 
@@ -194,12 +184,6 @@ def test_log_lines_name_the_table(caplog: pytest.LogCaptureFixture) -> None:
     assert "'hello world'" in caplog.text and "lookup alias 'root'" in caplog.text
 
 
-def test_found_values_are_hidden_in_logs() -> None:
-    assert "s3cret" not in shown("lookup-result|1|found|bob:s3cret")
-    assert "s3cret" not in shown("table-response|1|found|bob:s3cret")
-    assert "garbage" in shown("garbage")
-
-
 def test_overlong_line_is_an_error() -> None:
     h = Harness()
     h.native_child("alias")
@@ -286,233 +270,11 @@ def test_crash_fails_what_the_child_was_asked_then_backs_off(
     assert h.bridge.spawn_at == pytest.approx(h.now + 0.25)
 
 
-# --- requests while the child restarts: they wait, each within its own deadline ---------
-
-def serve_handshake(h: Harness) -> None:
-    """Spawn the next child (due now) and let it register alias."""
-    h.spawn()
-    assert h.sent()[-1] == "config|ready"
-    h.child("register|alias\nregister|ready\n")
-
-
-def test_request_during_the_backoff_waits_for_the_new_child(
-        caplog: pytest.LogCaptureFixture) -> None:
-    h = Harness(deadline=5.0)
-    h.native_child("alias")
-    h.bridge.child_exited("was killed by SIGKILL", h.now)
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    h.ask(Op.LOOKUP, ALIAS, "postmaster")
-    assert h.replies() == []  # no -1 for what the next child can answer in time
-    assert h.bridge.next_wakeup() == pytest.approx(h.now + 0.25)  # the respawn
-    h.later(0.25)
-    h.spawn()
-    assert h.sent() == ["config|smtpd-version|7.6.0-procexec", "config|protocol|0.1",
-                        f"config|tablename|{TABLE}", "config|ready"]  # nothing sent early
-    h.later(0.5)  # a slow start: still within the deadlines
-    h.child("register|alias\nregister|ready\n")
-    first, second = h.sent()
-    h.child(f"lookup-result|{first.split('|')[6]}|found|vuser\n"
-            f"lookup-result|{second.split('|')[6]}|not-found\n")
-    assert h.replies() == [Found("vuser"), NotFound()]
-    assert "answering -1" not in caplog.text
-
-
-def test_request_waits_through_crashes_then_minus_one_at_its_deadline(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A child that keeps dying at start: the waiting request is -1 no later than its
-    deadline, never hung; the deadline is the request's, not reset by each restart."""
-    h = Harness(deadline=2.0, max_backoff=1.0)
-    h.native_child("alias")
-    h.bridge.child_exited("exited with status 1", h.now)
-    asked = h.now
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    replies: list[object] = []
-    for _ in range(10):  # bounded: the loop ends long before
-        spawn_at = h.bridge.spawn_at
-        assert spawn_at is not None
-        h.later(spawn_at - h.now)
-        replies += h.replies()
-        if replies:
-            break
-        h.spawn()
-        h.later(0.05)
-        h.bridge.child_exited("exited with status 3", h.now)  # dies in its handshake
-        replies += h.replies()
-        if replies:
-            break
-    assert replies == [Error("-1")]
-    assert h.now - asked <= 2.0
-    assert "cannot wait" in caplog.text  # the next respawn came after its deadline
-
-
-def test_backoff_past_the_deadline_is_minus_one_at_once() -> None:
-    h = Harness(deadline=1.0, max_backoff=4.0)
-    h.native_child("alias")
-    for _ in range(3):  # back-off 0.25, 0.5, 1.0, then 2.0
-        h.bridge.child_exited("exited with status 1", h.now)
-        h.later(h.bridge.spawn_at - h.now)  # type: ignore[operator]
-        h.spawn()
-    h.bridge.child_exited("exited with status 1", h.now)
-    assert h.bridge.spawn_at == pytest.approx(h.now + 2.0)
-    h.ask(Op.LOOKUP, ALIAS, "root")  # could only be asked after its deadline
-    assert h.replies() == [Error("-1")]
-
-
-def test_waiting_requests_are_bounded() -> None:
-    h = Harness(deadline=5.0)
-    h.native_child("alias")
-    h.bridge.child_exited("exited with status 1", h.now)
-    for n in range(MAX_WAITING + 1):
-        h.ask(Op.LOOKUP, ALIAS, f"user{n}")
-    assert h.replies() == []  # the one past the bound is -1, but replies go in order
-    h.later(0.25)
-    serve_handshake(h)
-    lines = h.sent()
-    assert len(lines) == MAX_WAITING
-    h.child("".join(f"lookup-result|{line.split('|')[6]}|not-found\n" for line in lines))
-    assert h.replies() == [NotFound()] * MAX_WAITING + [Error("-1")]
-
-
-def test_request_during_a_requested_kill_waits_for_the_next_child() -> None:
-    h = Harness(deadline=1.0, restart_after=1)
-    h.native_child("alias")
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    h.sent()
-    h.later(1.5)
-    assert h.replies() == [Error("-1")]
-    assert h.bridge.kill_reason is not None  # hung: restarted before anything else
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    assert h.sent() == []  # not given to the hung child
-    h.killed()
-    h.later(0.25)
-    serve_handshake(h)
-    _, rid = lookup_line(h)
-    h.child(f"lookup-result|{rid}|found|vuser\n")
-    assert h.replies() == [Found("vuser")]
-
-
 def test_exec_failure_is_retried_with_backoff() -> None:
     h = Harness()
     h.open()
     h.bridge.spawn_failed("/nope: No such file or directory", h.now)
     assert not h.bridge.spawn_due(h.now) and h.bridge.spawn_at == pytest.approx(h.now + 0.25)
-
-
-def test_handshake_timeout_in_forced_native_restarts_with_backoff() -> None:
-    h = Harness(protocol="native", handshake_timeout=1.0)
-    h.open()
-    h.spawn()
-    h.sent()
-    h.later(1.1)
-    assert "register|ready" in h.killed()
-    assert h.bridge.child_dialect == "native" and not h.bridge.spawn_due(h.now)
-
-
-def test_forced_native_never_falls_back_to_2020() -> None:
-    h = Harness(protocol="native")
-    h.open()
-    h.spawn()
-    h.sent()
-    h.child("table-result|x|found\n")
-    h.killed()
-    assert h.bridge.child_dialect == "native"
-
-
-# --- the 2020 dialect and detection -----------------------------------------------------
-
-def test_forced_2020_no_handshake_and_table_result() -> None:
-    h = Harness(protocol="2020")
-    h.open()
-    h.spawn()
-    assert h.sent() == []
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    (line,) = h.sent()
-    fields = line.split("|")
-    # the article's named form: the table name before the op (what go-opensmtpd parses)
-    assert fields[:5] == ["table", "0.1", TS, TABLE, "lookup"]
-    assert fields[6:] == ["alias", "root"] and len(fields[5]) == 16
-    h.child(f"table-result|{fields[5]}|found|vuser\n")
-    h.ask(Op.CHECK, ALIAS, "x")
-    cid = h.sent()[0].split("|")[5]
-    h.child(f"table-result|{cid}|not-found\n")
-    h.ask(Op.UPDATE)
-    (update,) = h.sent()
-    assert update.split("|")[3:5] == [TABLE, "update"]
-    h.child(f"table-result|{update.split('|')[5]}|updated\n")
-    h.ask(Op.LOOKUP, ALIAS, "y")
-    fid = h.sent()[0].split("|")[5]
-    h.child(f"table-result|{fid}|failure\n")
-    # the article writes its replies table-response|…: the same to the bridge
-    h.ask(Op.LOOKUP, ALIAS, "z")
-    zid = h.sent()[0].split("|")[5]
-    h.child(f"table-response|{zid}|found|gilles\n")
-    assert h.replies() == [Found("vuser"), NotFound(), Updated(), Error("-1"), Found("gilles")]
-
-
-def test_forced_2020_unnamed_form_only_when_asked() -> None:
-    h = Harness(protocol="2020", form_2020="unnamed")
-    h.open()
-    h.spawn()
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    (line,) = h.sent()
-    fields = line.split("|")
-    assert fields[:4] == ["table", "0.1", TS, "lookup"] and fields[5:] == ["alias", "root"]
-    h.child(f"table-result|{fields[4]}|found|vuser\n")
-    assert h.replies() == [Found("vuser")]
-
-
-@pytest.mark.parametrize("how", ["silent", "garbage", "exit"])
-def test_auto_falls_back_to_2020(how: str) -> None:
-    h = Harness(handshake_timeout=1.0)
-    h.open()
-    h.spawn()
-    h.sent()
-    h.ask(Op.LOOKUP, ALIAS, "root")  # waits through the detection
-    if how == "silent":
-        h.later(1.0)
-        h.killed()
-    elif how == "garbage":
-        h.child("table|what?\n")
-        h.killed()
-    else:
-        h.bridge.child_exited("exited with status 1", h.now)
-    assert h.bridge.child_dialect == "2020" and h.bridge.spawn_due(h.now)
-    h.spawn()
-    (line,) = h.sent()  # the queued request, now in the 2020 dialect
-    rid = line.split("|")[5]
-    h.child(f"table-result|{rid}|found|vuser\n")
-    assert h.replies() == [Found("vuser")]
-    assert h.bridge.dialect == "2020"  # confirmed: kept from now on
-    h.bridge.child_exited("exited with status 1", h.now)
-    h.later(1.0)
-    h.spawn()
-    assert h.sent() == []  # no handshake for the next one
-
-
-def test_auto_failed_2020_probe_goes_back_to_native() -> None:
-    h = Harness(handshake_timeout=1.0, deadline=2.0)
-    h.open()
-    h.spawn()
-    h.sent()
-    h.later(1.0)
-    h.killed()
-    h.spawn()  # 2020 attempt
-    h.ask(Op.LOOKUP, ALIAS, "root")
-    h.sent()
-    h.later(2.5)  # silent in 2020 too
-    assert h.replies() == [Error("-1")]
-    h.killed()
-    assert h.bridge.child_dialect == "native" and h.bridge.dialect is None
-
-
-def test_auto_with_a_native_child_is_native() -> None:
-    h = Harness()
-    h.native_child("alias")
-    assert h.bridge.dialect == "native"
-    h.bridge.child_exited("exited with status 1", h.now)
-    h.later(1)
-    h.spawn()
-    assert h.sent()[0].startswith("config|")
 
 
 # --- invariants under anything the child can write --------------------------------------
@@ -556,12 +318,3 @@ def test_every_request_gets_exactly_one_wellformed_reply(
     h.later(1.5)
     replies += h.replies()
     assert len(replies) == len(ops)
-
-
-def test_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="protocol"):
-        Settings(protocol="imsg")
-    with pytest.raises(ValueError, match="deadline"):
-        Settings(deadline=0)
-    with pytest.raises(ValueError, match="form-2020"):
-        Settings(form_2020="article")
