@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from opensmtpd.filter import Filter, Query, _runtime
+from opensmtpd.filter.wire import Event, FilterSide
 
 from . import transcripts
 
@@ -93,7 +97,7 @@ ECHO = """
 
     f = Filter()
 
-    @f.phase("connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data",
+    @f.on_phase("connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data",
              "quit", "commit")
     def answer(session, query):
         print("stray output", query.phase)  # must not reach smtpd
@@ -102,12 +106,12 @@ ECHO = """
         if query.phase == "rcpt-to" and query.param.startswith("bad"):
             return reject("550 5.1.1 no")
 
-    @f.report("*")
+    @f.on_report("*")
     def seen(session, event):
         if event.name == "tx-mail":
             1 / 0
 
-    @f.data_line
+    @f.on_data_line
     def line(session, text):
         return None
 
@@ -177,7 +181,7 @@ ASYNC = """
 
     f = Filter(deadline=2.0, on_error="tempfail")
 
-    @f.phase("helo")
+    @f.on_phase("helo")
     async def helo(session, query):
         await asyncio.sleep({"slow": 1.0, "stuck": 30}.get(query.param, 0))
         return reject("550 5.7.1 " + query.param)
@@ -204,24 +208,25 @@ def test_async_sessions_run_concurrently(child: Callable[[str], Child]) -> None:
     assert c.close() == 0
 
 
-SEED_STYLE = """
-    from opensmtpd import filter
+PLAIN_FUNCTIONS = """
+    from opensmtpd.filter import Filter, reject
 
     def connected(session, event):
         session.state["rdns"] = event.rdns
 
     def mail_from(session, query):
         if session.state.get("rdns") == "<unknown>":
-            return filter.reject("550 5.7.1 no rDNS")
+            return reject("550 5.7.1 no rDNS")
 
-    filter.on_report("link-connect", connected)
-    filter.on_filter("mail-from", mail_from)
-    filter.dispatch()
+    f = Filter()
+    f.on_report("link-connect")(connected)  # the seed's callback style, one spelling
+    f.on_phase("mail-from")(mail_from)
+    f.run()
 """
 
 
-def test_seed_style_callback_api(child: Callable[[str], Child]) -> None:
-    c = child(SEED_STYLE)
+def test_functions_registered_without_decorators(child: Callable[[str], Child]) -> None:
+    c = child(PLAIN_FUNCTIONS)
     c.send(HANDSHAKE)
     assert c.lines(4) == ["register|report|smtp-in|link-connect",
                           "register|report|smtp-in|link-disconnect",
@@ -275,7 +280,7 @@ HOSTILE = """
 
     f = Filter()
 
-    @f.phase("mail-from")
+    @f.on_phase("mail-from")
     {prefix}def answer(session, query):
         if query.param.startswith("surrogate"):
             return reject("550 5.7.1 blocked: \\ud83d")  # no encoding can send this
@@ -305,3 +310,67 @@ def test_unencodable_exit_and_cancel_still_answered(child: Callable[[str], Child
             param, answer, c.log())
     assert c.proc.poll() is None  # still serving smtpd
     assert c.close() == 0
+
+
+# --- the runtime's sans-IO part: settle and drive ---
+
+
+def _query(phase: str, session: str = "0123456789abcdef") -> Query:
+    return Query("0.7", 1.0, "smtp-in", phase, session, "00000000000000ff", "x")
+
+
+def test_plain_dispatch_driven_without_a_loop() -> None:
+    """An async handler registered once the filter serves without a loop is a failure
+    answered per the policy, never a suspended dispatch (the batch would be lost)."""
+    f = Filter(on_error="tempfail")
+    f.on_phase("helo")(lambda session, query: None)
+    target = f._dispatcher
+    assert not target.awaits
+
+    async def late(session: object, query: object) -> None: ...
+
+    f.on_phase("mail-from")(late)
+    out = _runtime.drive(_runtime.settle(target, [_query("helo"), _query("mail-from")]))
+    assert out.decode().splitlines() == [
+        "filter-result|0123456789abcdef|00000000000000ff|proceed",
+        "filter-result|0123456789abcdef|00000000000000ff|reject|" + f.tempfail_reply]
+
+
+class fake_CrashingDispatch:
+    """A dispatcher whose dispatch itself fails (a bug no real input triggers on demand)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.side = FilterSide()
+        self.awaits = False
+        self.name: str | None = None
+        self.is_async = False
+
+    async def dispatch(self, event: Event) -> bytes:
+        raise self.exc
+
+    def answer_anyway(self, event: Event) -> bytes:
+        if isinstance(self.exc, MemoryError):
+            raise self.exc
+        return b"anyway\n"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("bug"), SystemExit(3), UnicodeEncodeError(
+    "utf-8", "\ud800", 0, 1, "surrogate")])
+def test_settle_turns_any_failure_into_the_policy_answer(exc: BaseException) -> None:
+    target = fake_CrashingDispatch(exc)
+    assert _runtime.drive(_runtime.settle(target, [_query("helo"), _query("helo")])) == \
+        b"anyway\nanyway\n"
+
+
+def test_settle_survives_even_the_policy_answer_failing() -> None:
+    target = fake_CrashingDispatch(MemoryError())
+    assert _runtime.drive(_runtime.settle(target, [_query("helo")])) == b""
+
+
+def test_drive_refuses_a_suspending_coroutine() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="suspended"):
+        _runtime.drive(suspends())
