@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
 from ..stdio import private_stdout, read_some, setup_logging, write_all
@@ -85,38 +85,16 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("dispatch suspended in a filter without async handlers")
 
 
-def receive(side: FilterSide, data: bytes) -> None:
-    try:
-        side.receive_data(data)
-    except Exception as exc:  # a codec bug: drop the input, never the process
-        log.error("internal error reading smtpd's input (%s): %d buffered bytes dropped",
-                  type(exc).__name__, side.discard())
-
-
-def drain(side: FilterSide) -> Iterator[Event]:
-    """The events complete so far."""
-    while True:
-        try:
-            event = side.next_event()
-        except Exception as exc:  # a parser bug: drop the input, never the process
-            log.error("internal error parsing smtpd's input (%s): %d buffered bytes dropped",
-                      type(exc).__name__, side.discard())
-            return
-        if event is None:
-            return
-        yield event
-
-
 def answer(target: Target, data: bytes) -> bytes:
     """smtpd's bytes in, the filter's answers out, without I/O (``Filter.feed``)."""
-    receive(target.side, data)
+    target.side.receive_data(data)
     if not target.is_async:
-        return drive(settle(target, drain(target.side)))
+        return drive(settle(target, target.side.events()))
 
     async def run() -> bytes:
         target.awaits = True
         try:
-            return await settle(target, drain(target.side))
+            return await settle(target, target.side.events())
         finally:
             target.awaits = False
     return asyncio.run(run())
@@ -149,8 +127,8 @@ class Runtime:
             data = read_some(infd)
             if not data:
                 return
-            receive(side, data)
-            self.write(drive(settle(target, drain(side))))
+            side.receive_data(data)
+            self.write(drive(settle(target, side.events())))
 
     async def _serve_async(self) -> None:
         loop = asyncio.get_running_loop()
@@ -182,8 +160,8 @@ class Runtime:
                 if not eof.done():
                     eof.set_result(None)
                 return
-            receive(self.target.side, data)
-            for event in drain(self.target.side):
+            self.target.side.receive_data(data)
+            for event in self.target.side.events():
                 submit(event)
             while in_flight >= MAX_IN_FLIGHT and not eof.done():
                 room.clear()

@@ -19,7 +19,7 @@ from collections import deque
 
 from ...wire import ENCODING, ERRORS
 from .dataline import END, for_smtpd
-from .decisions import fit, to_wire
+from .decisions import PROCEED, fit, to_wire
 from .events import (
     PHASES,
     REPORT_EVENTS,
@@ -48,7 +48,8 @@ _KEEP = 1024  # of a line past MAX_LINE: enough to say what it was
 
 
 class FilterSide:
-    """The filter's end: ``receive_data(bytes)``, ``next_event()``, ``send(event)``.
+    """The filter's end: ``receive_data(bytes)``, ``next_event()`` (or ``events()``),
+    ``send(event)``.
 
     Lines are split at ``\\n`` only (smtpd does so too, §0). Until ``config|ready`` the
     lines are configuration; the ``Config`` event marks the end of the handshake, and
@@ -84,7 +85,7 @@ class FilterSide:
                 self._skipping = self._overlong = True
 
     def next_event(self) -> Event | None:
-        """The next event, or None until more data completes a line."""
+        """The next event, or None until more data completes a line. Never raises."""
         ready = self._ready
         if not ready:
             end = self._buffer.rfind(b"\n")
@@ -95,8 +96,21 @@ class FilterSide:
                 return None
         return ready.popleft()
 
+    def events(self) -> list[Event]:
+        """Every event complete so far, at once: what ``next_event`` would return one
+        call at a time (a runtime's hot path). Never raises."""
+        end = self._buffer.rfind(b"\n")
+        if end >= 0:
+            self._parse(end + 1)
+        ready = self._ready
+        if not ready:
+            return []
+        out = list(ready)
+        ready.clear()
+        return out
+
     def discard(self) -> int:
-        """Drop buffered input (after an internal error); how many bytes were dropped."""
+        """Drop buffered input and parsed events; how many bytes were dropped."""
         dropped = len(self._buffer)
         del self._buffer[:]
         self._ready.clear()
@@ -104,7 +118,16 @@ class FilterSide:
         return dropped
 
     def _parse(self, end: int) -> None:
-        """Parse ``buffer[:end]``, complete lines, into events (hot path: one batch)."""
+        """Parse ``buffer[:end]``, complete lines, into events (hot path: one batch). A
+        bug here costs the lines of this batch, never the process (smtpd exits with it)."""
+        try:
+            self._parse_lines(end)
+        except Exception as exc:
+            dropped = self.discard()
+            self._ready.append(Malformed(f"internal error parsing smtpd's input "
+                                         f"({type(exc).__name__}): {dropped} bytes dropped", ""))
+
+    def _parse_lines(self, end: int) -> None:
         if end == 0:
             return
         buf = self._buffer
@@ -160,10 +183,13 @@ class FilterSide:
         raise TypeError(f"a filter sends Registration, Result or DataLines, not {kind.__name__}")
 
     def _result(self, result: Result) -> bytes:
-        query = result.query
-        config = self.config
-        answer = to_wire(result.decision, query.phase, report_allowed=config is not None
-                         and config.accepts_report_decision)
+        query, decision = result.query, result.decision
+        if decision is None or decision is PROCEED:
+            answer = "proceed"
+        else:
+            config = self.config
+            answer = to_wire(decision, query.phase, report_allowed=config is not None
+                             and config.accepts_report_decision)
         head = "filter-result|" + order(query.version, query.session, query.token)
         return (fit(head, answer, max_line(query.version)) + "\n").encode(ENCODING, ERRORS)
 
@@ -171,9 +197,14 @@ class FilterSide:
         """Stuffed (§4.3), cut to what smtpd takes back whole (§5.6), ``.`` at the end."""
         query = event.query
         head = f"filter-dataline|{order(query.version, query.session, query.token)}|"
+        lines = event.lines
+        if len(lines) == 1 and not event.end:  # the common case: one short line back
+            text = lines[0]
+            if len(text) < 512 and text[:1] != "." and "\n" not in text:
+                return (head + text + "\n").encode(ENCODING, ERRORS)
         room = 0
         out = []
-        for text in event.lines:
+        for text in lines:
             if len(text) < 512 and text[:1] != "." and "\n" not in text:
                 out.append(head + text)
                 continue

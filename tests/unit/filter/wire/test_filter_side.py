@@ -250,3 +250,37 @@ def test_datalines_stuffed_cut_and_ended() -> None:
 def test_result_ids_in_the_order_of_the_query_version() -> None:
     out = FilterSide().send(ev.Result(_q("helo", "0.4"), reject("550 5.7.1 no")))
     assert out == b"filter-result|00000000000000ff|0123456789abcdef|reject|550 5.7.1 no\n"
+
+
+def test_a_parser_bug_costs_its_batch_never_the_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """next_event never raises: a bug in a parser (forced here: no input triggers one on
+    demand) drops the lines of that batch as one Malformed event, and parsing goes on."""
+    import opensmtpd.filter.wire.filter_side as module
+
+    def fake_broken_parser(line: str) -> ev.Event:
+        raise RuntimeError("parser bug")
+
+    side = FilterSide()
+    events(side, b"config|ready\n")
+    monkeypatch.setattr(module, "parse_report", fake_broken_parser)
+    side.receive_data(b"report|0.7|1.000001|smtp-in|timeout|0123456789abcdef\n")
+    (broken,) = list(iter(side.next_event, None))
+    assert isinstance(broken, ev.Malformed) and "internal error" in broken.reason
+    monkeypatch.undo()
+    assert [type(e) for e in events(
+        side, b"report|0.7|1.000001|smtp-in|timeout|0123456789abcdef\n")] == [ev.Timeout]
+
+
+@pytest.mark.parametrize("smtpd", VERSIONS)
+def test_events_at_once_are_next_events_one_by_one(smtpd: str) -> None:
+    data = "".join(line + "\n" for run in transcripts.runs(smtpd) for line in run).encode()
+    one, batch = FilterSide(), FilterSide()
+    singles, batches = [], []
+    for start in range(0, len(data), 700):
+        piece = data[start:start + 700]
+        singles += events(one, piece)
+        batch.receive_data(piece)
+        batches += batch.events()
+        assert batch.events() == []
+    assert singles == batches and len(singles) > 100
