@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from . import _runtime
 from ._dispatch import Dispatcher
 from ._handlers import (
     DEFAULT_DEADLINE,
@@ -37,6 +36,7 @@ from ._handlers import (
     check_phases,
     check_reports,
 )
+from ._runtime import answer, serve
 from ._session import Sessions
 from .wire.events import SMTP_IN, Config
 
@@ -164,10 +164,10 @@ class Filter:
 
     def run(self) -> None:
         """Serve smtpd on stdin/stdout until EOF."""
-        _runtime.serve(self._dispatcher)
+        serve(self._dispatcher)
 
     def feed(self, data: bytes) -> bytes:
         """smtpd's bytes in (any pieces), the filter's answers out, without I/O: what
         ``run()`` does with each read, for tests and tools. Async handlers are awaited on
         a loop of their own (not from inside a running loop)."""
-        return _runtime.answer(self._dispatcher, data)
+        return answer(self._dispatcher, data)

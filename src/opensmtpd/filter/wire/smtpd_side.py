@@ -18,9 +18,43 @@ from typing import Any
 
 from ...smtpd_version import NO_WIZ_PHASE, SmtpdVersion, parse_smtpd_version
 from ...wire import ENCODING, ERRORS, ProtocolViolation, decode
-from . import events as ev
 from .dataline import END, unstuff
 from .decisions import JUNK, PROCEED, Decision
+from .events import (
+    PHASES,
+    REPORT_EVENTS,
+    SMTP_IN,
+    SMTP_OUT,
+    SUBSYSTEMS,
+    Answer,
+    Config,
+    DataLine,
+    DataLines,
+    FilterReport,
+    FilterResponse,
+    LinkAuth,
+    LinkConnect,
+    LinkDisconnect,
+    LinkGreeting,
+    LinkIdentify,
+    LinkTLS,
+    ProtocolClient,
+    ProtocolServer,
+    Query,
+    Registration,
+    Report,
+    Result,
+    Timeout,
+    TxBegin,
+    TxCommit,
+    TxData,
+    TxEnvelope,
+    TxMail,
+    TxRcpt,
+    TxReset,
+    TxRollback,
+    UnknownReport,
+)
 from .parse import LATEST, excerpt, parse_version
 
 IOBUF_MAX = 65536  # lka's read buffer (iobuf.c): a longer line is never read whole
@@ -37,7 +71,7 @@ def protocol_of(version: SmtpdVersion) -> str:
 
 
 def smtpd_config(smtpd_version: str = "7.6.0-portable", *,
-                 subsystems: Iterable[str] = (ev.SMTP_IN,), admd: str = "localhost") -> ev.Config:
+                 subsystems: Iterable[str] = (SMTP_IN,), admd: str = "localhost") -> Config:
     """The handshake that smtpd version sends (§2.1): ``protocol`` from 7.6, subsystem
     lines from 6.7, ``admd`` from 6.8."""
     version = parse_smtpd_version(smtpd_version) or _NEWEST
@@ -50,7 +84,7 @@ def smtpd_config(smtpd_version: str = "7.6.0-portable", *,
     if version >= (6, 8):
         items.append(("admd", admd))
     values = dict(items)
-    return ev.Config(smtpd_version, values.get("protocol"), 300,
+    return Config(smtpd_version, values.get("protocol"), 300,
                      frozenset(v for k, v in items if k == "subsystem"), values.get("admd"),
                      tuple(items))
 
@@ -69,27 +103,27 @@ def _response(r: Any, old: bool, older: bool) -> str:
     return f"{r.phase}|{r.response}" + ("" if r.param is None else f"|{r.param}")
 
 
-_PARAMS: dict[type[ev.Report], Callable[[Any, bool, bool], str | None]] = {
-    ev.LinkConnect: lambda r, *_: f"{r.rdns}|{r.fcrdns}|{r.src}|{r.dest}",
-    ev.LinkDisconnect: lambda r, *_: None,
-    ev.LinkGreeting: lambda r, *_: r.hostname,
-    ev.LinkIdentify: lambda r, *_: f"{r.method}|{r.identity}",
-    ev.LinkTLS: lambda r, *_: r.tls,
-    ev.LinkAuth: _auth,
-    ev.TxReset: lambda r, *_: r.msgid,
-    ev.TxBegin: lambda r, *_: r.msgid,
-    ev.TxMail: _tx,
-    ev.TxRcpt: _tx,
-    ev.TxEnvelope: lambda r, *_: f"{r.msgid}|{r.envelope_id}",
-    ev.TxData: lambda r, *_: f"{r.msgid}|{r.result}",
-    ev.TxCommit: lambda r, *_: f"{r.msgid}|{r.size}",
-    ev.TxRollback: lambda r, *_: r.msgid,
-    ev.ProtocolClient: lambda r, *_: r.command,
-    ev.ProtocolServer: lambda r, *_: r.response,
-    ev.FilterReport: lambda r, *_: f"{r.kind}|{r.filter_name}|{r.message}",
-    ev.FilterResponse: _response,
-    ev.Timeout: lambda r, *_: None,
-    ev.UnknownReport: lambda r, *_: r.params,
+_PARAMS: dict[type[Report], Callable[[Any, bool, bool], str | None]] = {
+    LinkConnect: lambda r, *_: f"{r.rdns}|{r.fcrdns}|{r.src}|{r.dest}",
+    LinkDisconnect: lambda r, *_: None,
+    LinkGreeting: lambda r, *_: r.hostname,
+    LinkIdentify: lambda r, *_: f"{r.method}|{r.identity}",
+    LinkTLS: lambda r, *_: r.tls,
+    LinkAuth: _auth,
+    TxReset: lambda r, *_: r.msgid,
+    TxBegin: lambda r, *_: r.msgid,
+    TxMail: _tx,
+    TxRcpt: _tx,
+    TxEnvelope: lambda r, *_: f"{r.msgid}|{r.envelope_id}",
+    TxData: lambda r, *_: f"{r.msgid}|{r.result}",
+    TxCommit: lambda r, *_: f"{r.msgid}|{r.size}",
+    TxRollback: lambda r, *_: r.msgid,
+    ProtocolClient: lambda r, *_: r.command,
+    ProtocolServer: lambda r, *_: r.response,
+    FilterReport: lambda r, *_: f"{r.kind}|{r.filter_name}|{r.message}",
+    FilterResponse: _response,
+    Timeout: lambda r, *_: None,
+    UnknownReport: lambda r, *_: r.params,
 }
 
 
@@ -123,8 +157,8 @@ class _Session:
 
     def __init__(self) -> None:
         self.phase = "connect"  # fs->phase starts at 0, FILTER_CONNECT (xcalloc)
-        self.pending: ev.Query | None = None  # the query smtp waits on
-        self.data: ev.DataLine | None = None  # the last data line sent
+        self.pending: Query | None = None  # the query smtp waits on
+        self.data: DataLine | None = None  # the last data line sent
         self.tokens: dict[str, int] = {}  # the filter's chain entry per phase
 
 
@@ -151,16 +185,16 @@ class SmtpdSide:
 
     # --- smtpd -> filter ---
 
-    def send(self, event: ev.Config | ev.Report | ev.Query | ev.DataLine) -> bytes:
-        if isinstance(event, ev.Config):
+    def send(self, event: Config | Report | Query | DataLine) -> bytes:
+        if isinstance(event, Config):
             self.version = parse_smtpd_version(event.smtpd_version) or _NEWEST
             items = event.items or smtpd_config(event.smtpd_version).items
             lines = [f"config|{key}|{value}" for key, value in items]
             return ("\n".join([*lines, "config|ready"]) + "\n").encode(ENCODING, ERRORS)
-        if isinstance(event, ev.Report):
+        if isinstance(event, Report):
             return self._report(event)
         session = self._session(event.session)
-        if isinstance(event, ev.DataLine):
+        if isinstance(event, DataLine):
             session.phase, session.data = "data-line", event
             session.tokens["data-line"] = _strtoull(event.token)[0] or 0
             param = event.line
@@ -171,11 +205,11 @@ class SmtpdSide:
         return (f"filter|{event.version}|{event.timestamp:.6f}|smtp-in|{event.phase}|"
                 f"{event.session}|{event.token}|{param}\n").encode(ENCODING, ERRORS)
 
-    def _report(self, report: ev.Report) -> bytes:
+    def _report(self, report: Report) -> bytes:
         v = parse_version(report.version) or LATEST
         params = _PARAMS[type(report)](report, v < (0, 7), v < (0, 6))
-        if report.subsystem == ev.SMTP_IN:
-            if type(report) is ev.LinkDisconnect:
+        if report.subsystem == SMTP_IN:
+            if type(report) is LinkDisconnect:
                 self._sessions.pop(_key(report.session), None)
             else:
                 self._session(report.session)
@@ -195,7 +229,7 @@ class SmtpdSide:
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
-    def next_event(self) -> ev.Answer | None:
+    def next_event(self) -> Answer | None:
         """The next answer, None until a line completes; raises ProtocolViolation."""
         buf = self._buffer
         while True:
@@ -214,7 +248,7 @@ class SmtpdSide:
             if answer is not None:
                 return answer
 
-    def _line(self, line: str) -> ev.Answer | None:
+    def _line(self, line: str) -> Answer | None:
         if line.startswith("register|"):
             return self._register(line)
         if not self.ready:
@@ -226,28 +260,28 @@ class SmtpdSide:
             raise ProtocolViolation(f"Invalid report: {excerpt(line)}")
         raise ProtocolViolation(f"Invalid filter message type: {excerpt(line)}")
 
-    def _register(self, line: str) -> ev.Registration | None:
+    def _register(self, line: str) -> Registration | None:
         if line == "register|ready":
             if self.ready:
                 return None
             self.ready = True
-            return ev.Registration({k: tuple(v) for k, v in self._reports.items()},
+            return Registration({k: tuple(v) for k, v in self._reports.items()},
                                    tuple(self._phases))
         hook = line[16:]
         if line.startswith("register|report|"):
             subsystem, bar, name = hook.partition("|")
             # 6.6 (0.4) compiled the smtp-out branch out: its direction is fatal there
-            if not bar or subsystem not in ev.SUBSYSTEMS or (
-                    subsystem == ev.SMTP_OUT and self.version < (6, 7)):
+            if not bar or subsystem not in SUBSYSTEMS or (
+                    subsystem == SMTP_OUT and self.version < (6, 7)):
                 raise ProtocolViolation(f"Invalid message direction: {excerpt(hook)}")
-            if name != "*" and name not in ev.REPORT_EVENTS:
+            if name != "*" and name not in REPORT_EVENTS:
                 raise ProtocolViolation(f"Unrecognized report name: {excerpt(name)}")
             self._reports.setdefault(subsystem, []).append(name)
         elif line.startswith("register|filter|"):
             if hook[:8].lower() != "smtp-in|":  # strncasecmp
                 raise ProtocolViolation(f"Invalid message direction: {excerpt(hook)}")
             name = hook[8:]
-            if name not in ev.PHASES or (name == "wiz" and self.version >= NO_WIZ_PHASE):
+            if name not in PHASES or (name == "wiz" and self.version >= NO_WIZ_PHASE):
                 raise ProtocolViolation(f"Unrecognized report name: {excerpt(name)}")
             self._phases.append(name)
         else:
@@ -280,7 +314,7 @@ class SmtpdSide:
             raise ProtocolViolation(f"Invalid token: {excerpt(line)}")
         return one, two, rest[end + 1:]
 
-    def _response(self, line: str) -> ev.Answer | None:
+    def _response(self, line: str) -> Answer | None:
         first, second, response = self._ids(line)
         if first is None or second is None:
             raise ProtocolViolation(f"Invalid {'reqid' if first is None else 'token'}: "
@@ -295,8 +329,8 @@ class SmtpdSide:
             if token != session.tokens.get("data-line") or session.data is None:
                 raise ProtocolViolation("misbehaving filter")
             if response == END:
-                return ev.DataLines(session.data, (), end=True)
-            return ev.DataLines(session.data, (unstuff(response),))
+                return DataLines(session.data, (), end=True)
+            return DataLines(session.data, (unstuff(response),))
         if session.phase == "data-line":
             raise ProtocolViolation("filter-result in dataline phase")
         action, bar, parameter = response.partition("|")
@@ -325,4 +359,4 @@ class SmtpdSide:
         if query is None:  # smtp's tree_xpop(&wait_filters, reqid) exits
             raise ProtocolViolation(f"filter-result for a session waiting on no query: "
                                     f"{excerpt(line)}")
-        return ev.Result(query, decision)
+        return Result(query, decision)
