@@ -37,18 +37,17 @@ HANDSHAKE = (b"config|smtpd-version|7.6.0-portable\nconfig|protocol|0.7\n"
 READ = 65536
 
 
+def _kind(line: str) -> str:
+    fields = line.split("|")
+    if fields[0] != "filter":
+        return fields[0]
+    return "data-line" if fields[4] == "data-line" else "query"
+
+
 def lines(kind: str) -> list[str]:
-    out = []
-    for name in ("smtpd-6.8.in", "smtpd-7.6.in"):
-        for line in (DATA / name).read_text().splitlines():
-            fields = line.split("|")
-            if kind == "report" and fields[0] == "report":
-                out.append(line)
-            elif kind == "query" and fields[0] == "filter" and fields[4] != "data-line":
-                out.append(line)
-            elif kind == "data-line" and fields[0] == "filter" and fields[4] == "data-line":
-                out.append(line)
-    return out
+    """The recorded lines of one kind: report, query or data-line."""
+    return [line for name in ("smtpd-6.8.in", "smtpd-7.6.in")
+            for line in (DATA / name).read_text().splitlines() if _kind(line) == kind]
 
 
 def build(kind: str) -> Filter:

@@ -89,12 +89,12 @@ def answer(target: Target, data: bytes) -> bytes:
     """smtpd's bytes in, the filter's answers out, without I/O (``Filter.feed``)."""
     target.side.receive_data(data)
     if not target.is_async:
-        return drive(settle(target, target.side.events()))
+        return drive(settle(target, target.side.next_events()))
 
     async def run() -> bytes:
         target.awaits = True
         try:
-            return await settle(target, target.side.events())
+            return await settle(target, target.side.next_events())
         finally:
             target.awaits = False
     return asyncio.run(run())
@@ -128,7 +128,7 @@ class Runtime:
             if not data:
                 return
             side.receive_data(data)
-            self.write(drive(settle(target, side.events())))
+            self.write(drive(settle(target, side.next_events())))
 
     async def _serve_async(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,7 +161,7 @@ class Runtime:
                     eof.set_result(None)
                 return
             self.target.side.receive_data(data)
-            for event in self.target.side.events():
+            for event in self.target.side.next_events():
                 submit(event)
             while in_flight >= MAX_IN_FLIGHT and not eof.done():
                 room.clear()

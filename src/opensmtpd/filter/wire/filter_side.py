@@ -48,7 +48,7 @@ _KEEP = 1024  # of a line past MAX_LINE: enough to say what it was
 
 
 class FilterSide:
-    """The filter's end: ``receive_data(bytes)``, ``next_event()`` (or ``events()``),
+    """The filter's end: ``receive_data(bytes)``, ``next_event()`` (or ``next_events()``),
     ``send(event)``.
 
     Lines are split at ``\\n`` only (smtpd does so too, §0). Until ``config|ready`` the
@@ -96,7 +96,7 @@ class FilterSide:
                 return None
         return ready.popleft()
 
-    def events(self) -> list[Event]:
+    def next_events(self) -> list[Event]:
         """Every event complete so far, at once: what ``next_event`` would return one
         call at a time (a runtime's hot path). Never raises."""
         end = self._buffer.rfind(b"\n")

@@ -281,6 +281,6 @@ def test_events_at_once_are_next_events_one_by_one(smtpd: str) -> None:
         piece = data[start:start + 700]
         singles += events(one, piece)
         batch.receive_data(piece)
-        batches += batch.events()
-        assert batch.events() == []
+        batches += batch.next_events()
+        assert batch.next_events() == []
     assert singles == batches and len(singles) > 100
