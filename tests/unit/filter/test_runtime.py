@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from opensmtpd.filter import Filter, Query, _runtime
-from opensmtpd.filter.wire import Event, FilterSide
+from opensmtpd.filter.wire import (
+    Config,
+    DataLine,
+    DataLines,
+    Event,
+    FilterSide,
+    Registration,
+    Result,
+    SmtpdSide,
+)
 
 from . import transcripts
 
@@ -142,6 +151,33 @@ def test_real_7_6_run_answered_exactly(child: Callable[[str], Child]) -> None:
     log = c.log()
     assert "stray output" in log  # print() went to stderr
     assert "ZeroDivisionError" in log
+
+
+def test_every_line_of_a_filter_process_taken_by_smtpds_end(
+        child: Callable[[str], Child]) -> None:
+    """The same run, spoken by SmtpdSide one event at a time: what smtpd 7.6 would read
+    from this process is one registration and one answer per query, never a line it
+    exits on (next_event raises where smtpd would)."""
+    smtpd, parser = SmtpdSide(), FilterSide()
+    run = transcripts.runs("7.6")[0]
+    parser.receive_data(("\n".join(run) + "\n").encode())
+    c = child(ECHO)
+    answers = []
+    for event in parser.next_events():
+        c.sock.sendall(smtpd.send(event))  # type: ignore[arg-type]
+        expected = 12 if isinstance(event, Config) else int(isinstance(event, (Query, DataLine)))
+        for line in c.lines(expected):
+            smtpd.receive_data(line.encode("utf-8", "surrogateescape") + b"\n")
+            answers += iter(smtpd.next_event, None)
+    assert c.close() == 0 and c.buffer == b""
+    assert isinstance(answers[0], Registration)
+    results = [a for a in answers if isinstance(a, Result)]
+    lines = [a for a in answers if isinstance(a, DataLines)]
+    queries = [line.split("|")[4] for line in run if line.startswith("filter|")]
+    assert len(results) == sum(phase != "data-line" for phase in queries)
+    assert len(lines) == queries.count("data-line") and len(answers) == 1 + len(queries)
+    assert [r.decision.action for r in results if r.decision.action != "proceed"] == [
+        "reject"]  # the rcpt-to of "bad…" in ECHO
 
 
 def test_handler_failure_then_policy_and_still_alive(child: Callable[[str], Child]) -> None:
