@@ -354,3 +354,13 @@ def test_whatever_handlers_return_smtpd_never_exits(
     for text in [*lines, "."]:
         answers(side, f.feed(side.send(DataLine(protocol_of(side.version), 1.0, "smtp-in",
                                                 SID, DATA_TOKEN, text.replace("\n", "")))))
+
+
+@pytest.mark.parametrize(("text", "value", "end"), [
+    ("0123456789abcdef", 0x0123456789ABCDEF, 16), ("00FF|x", 255, 4), (" \t0x1f|", 31, 6),
+    ("-1", (1 << 64) - 1, 2), ("+a", 10, 2), ("0xg", 0, 1), ("zz", 0, 0), ("", 0, 0),
+    ("1" + "0" * 16, None, 17),
+])
+def test_ids_read_as_strtoull_reads_them(text: str, value: int | None, end: int) -> None:
+    from opensmtpd.filter.wire.smtpd_side import _strtoull
+    assert _strtoull(text) == (value, end)
