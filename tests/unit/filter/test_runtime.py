@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -366,7 +368,11 @@ def test_plain_dispatch_driven_without_a_loop() -> None:
     async def late(session: object, query: object) -> None: ...
 
     f.on_phase("mail-from")(late)
-    out = _runtime.drive(_runtime.settle(target, [_query("helo"), _query("mail-from")]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _runtime.drive(_runtime.settle(target, [_query("helo"), _query("mail-from")]))
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]  # closed, not leaked
     assert out.decode().splitlines() == [
         "filter-result|0123456789abcdef|00000000000000ff|proceed",
         "filter-result|0123456789abcdef|00000000000000ff|reject|" + f.tempfail_reply]
