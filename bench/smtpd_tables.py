@@ -415,7 +415,7 @@ def profile_summary(paths: list[Path], user_us: float, top: int = 12) -> list[st
 
 
 def _frame(text: str) -> str:
-    """'answer (/opt/x/lib/opensmtpd/table/native.py:42)' -> 'answer (table/native.py)'."""
+    """'f (/opt/x/lib/opensmtpd/table/wire/native.py:42)' -> 'f (table/wire/native.py)'."""
     name, _, where = text.partition(" (")
     where = where.rstrip(")").rsplit(":", 1)[0]
     if "/opensmtpd/" in where:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .procexec.bridge import PROTOCOLS
-from .procexec.main import UsageError
-from .procexec.main import parse_args as bridge_args
-from .table.procexec2020 import FORMS
+from .procexec.cli import UsageError
+from .procexec.cli import parse_args as bridge_args
+from .procexec.settings import PROTOCOLS
+from .table.wire.procexec2020 import FORMS
 
 PACKAGE = Path(__file__).resolve().parent  # the opensmtpd package
 SMTPD_CANDIDATES = ("/usr/sbin/smtpd", "/usr/local/sbin/smtpd")
@@ -55,7 +55,7 @@ class Product:
 
 
 PRODUCTS = {
-    "procexec": Product("table", "opensmtpd.procexec.main",
+    "procexec": Product("table", "opensmtpd.procexec.cli",
                         'table NAME "{name}:/absolute/path/to/table [ARGS...]"',
                         "the table-procexec bridge (smtpd <= 7.5)"),
     "consul": Product("table", "opensmtpd.consul.main",

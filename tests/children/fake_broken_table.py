@@ -18,9 +18,19 @@ codecs), argv[2] the one fault ("none" for a correct table):
 import os
 import sys
 
-from opensmtpd.table import imsg, native
-from opensmtpd.table.events import Failed, Found, Hello, NotFound, Op, Request, Updated
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import imsg, native
+from opensmtpd.table.wire.events import (
+    Answer,
+    Error,
+    Found,
+    Hello,
+    NotFound,
+    Op,
+    Ready,
+    Request,
+    Updated,
+)
+from opensmtpd.table.wire.services import Service
 
 PROTOCOL, FAULT = sys.argv[1], sys.argv[2]
 DATA = {Service.CREDENTIALS: "alice:$6$salt$hash", Service.USERINFO: "1000:1000:/home/alice"}
@@ -30,14 +40,14 @@ def answer(request):
     if request.op is Op.UPDATE:
         return Updated()
     if request.service is None:  # a service number this table does not know
-        return NotFound() if FAULT == "notfound-unknown" else Failed("unknown service")
+        return NotFound() if FAULT == "notfound-unknown" else Error("unknown service")
     if request.key != "alice" or request.op is Op.FETCH:
         return NotFound()
     if request.op is Op.CHECK:
         return Found()
     value = DATA.get(request.service)
     if value is None:
-        return Failed(f"{request.service} is not served")
+        return Error(f"{request.service} is not served")
     if request.service is Service.USERINFO and FAULT == "bad-userinfo":
         value = "x:y:/home/alice"
     return Found(value)
@@ -50,7 +60,7 @@ def serve(side, write_reply):
             if isinstance(event, Request):
                 write_reply(event, answer(event))
             elif isinstance(event, Hello) and PROTOCOL == "imsg":
-                os.write(0, side.opened())
+                os.write(0, side.send(Ready()))
 
 
 if PROTOCOL == "native":
@@ -60,15 +70,15 @@ if PROTOCOL == "native":
         rid = request.id
         if FAULT == "wrong-id":
             rid = "f" * len(rid) if rid != "f" * len(rid) else "0"
-        os.write(1, native.TableSide.reply(request.op, rid, reply))
+        os.write(1, side.send(Answer(request.op, rid, reply)))
 
-    os.write(1, native.TableSide.registration([Service.CREDENTIALS, Service.USERINFO]))
+    os.write(1, side.send(Ready((Service.CREDENTIALS, Service.USERINFO))))
     serve(side, write)
 else:
     side = imsg.TableSide(os.getpid())
 
     def write(request, reply):
-        data = side.reply(request.op, request.id, reply)
+        data = side.send(Answer(request.op, request.id, reply))
         if FAULT == "fail-type":  # the same reply, typed PROC_TABLE_FAIL (1) instead of OK (0)
             data = imsg.message(imsg.PROC_TABLE_FAIL, data[imsg.HEADER_SIZE:], os.getpid())
         os.write(0, data)

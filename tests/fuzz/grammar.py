@@ -116,10 +116,10 @@ def procexec2020_request(line: bytes) -> tuple[str | None, bytes | None, bool]:
     if len(fields) < 5 or fields[0] != b"table":
         return None, None, False
     names = [f.decode("latin-1") for f in fields[3:5]]
-    if names[0] in OPS:
+    if len(fields) > 5 and names[1] in OPS:  # the unnamed form's field 4 is a hex id,
+        rest = fields[4:]                    # never an op: a table may be named "update"
+    elif names[0] in OPS:
         rest = fields[3:]
-    elif len(fields) > 5 and names[1] in OPS:
-        rest = fields[4:]
     else:
         return None, None, False
     op = rest[0].decode("latin-1")

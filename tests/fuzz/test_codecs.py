@@ -17,10 +17,22 @@ from opensmtpd.filter import Filter, dataline, junk, reject
 from opensmtpd.filter.events import DataLine, Malformed, Query
 from opensmtpd.filter.protocol import FilterSide, parse_line
 from opensmtpd.filter.runtime import settle
-from opensmtpd.procexec.bridge import Bridge, Settings
-from opensmtpd.table import imsg, native, procexec2020
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Request, Updated
-from opensmtpd.table.events import Malformed as TableMalformed
+from opensmtpd.procexec import Bridge, Settings
+from opensmtpd.table.wire import imsg, native, procexec2020
+from opensmtpd.table.wire.events import (
+    Answer,
+    Error,
+    Found,
+    NotFound,
+    Op,
+    Open,
+    Ready,
+    Registered,
+    Request,
+    Updated,
+)
+from opensmtpd.table.wire.events import Malformed as TableMalformed
+from opensmtpd.table.wire.services import Service
 from opensmtpd.wire import ProtocolViolation
 
 from . import budget, grammar, inputs
@@ -39,7 +51,7 @@ def _quiet() -> Iterator[None]:
 FUZZ = settings(max_examples=budget.CODEC_EXAMPLES, deadline=None, derandomize=not budget.LONG,
                 suppress_health_check=list(HealthCheck))
 REPLIES = [Found("v@example.org"), Found(None), Found(""), Found("a\nb"), Found("x\ud800"),
-           NotFound(), Failed("down %s\r\n"), Failed(""), Updated()]
+           NotFound(), Error("down %s\r\n"), Error(""), Updated()]
 
 # Byte soup biased toward the protocols' own pieces, so that parsers get past their
 # first checks: fields, separators, ids, versions, odd bytes.
@@ -78,7 +90,7 @@ def _drive_line_codec(side: Any, data: bytes, cuts: list[int], dialect: str) -> 
                 assert event.op is not None
                 for reply in REPLIES:
                     try:
-                        encoded = side.reply(event.op, event.id, reply)
+                        encoded = side.send(Answer(event.op, event.id, reply))
                     except UnicodeEncodeError:
                         continue  # the runtime answers error then (one place, runtime.py)
                     judge.received(encoded)
@@ -113,6 +125,56 @@ def test_smtpd_side_reply_parsers(op: Op, ident: str, line: str) -> None:
         procexec2020.parse_reply(op, ident, candidate)
 
 
+REPLY_PIECES = st.sampled_from([b"register|", b"alias", b"ready", b"none", b"-result|",
+                                 b"lookup", b"check", b"fetch", b"update", b"table-result|",
+                                 b"found", b"not-found", b"error", b"ok", b"updated",
+                                 b"failure", b"|", b"\n", b"0000000a", b"000000000000000a"])
+TABLE_WRITES = st.lists(st.one_of(REPLY_PIECES, st.binary(max_size=12)), max_size=60).map(
+    b"".join)
+
+
+@st.composite
+def imsg_replies(draw: st.DrawFn) -> bytes:
+    out = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from([imsg.PROC_TABLE_OK, imsg.PROC_TABLE_OK, imsg.PROC_TABLE_FAIL]))
+        result = imsg.RESULT.pack(draw(st.integers(-2, 2)))
+        payload = draw(st.sampled_from([b"", result, result + b"v\0", result + b"v"]))
+        out.append(imsg.message(kind, payload, 1))
+    return b"".join(out) + draw(st.binary(max_size=24))
+
+
+@FUZZ
+@given(st.sampled_from(["native", "imsg", "2020"]), st.data(),
+       st.lists(st.integers(0, 1 << 20), max_size=6),
+       st.lists(st.sampled_from(list(Op)), min_size=1, max_size=6))
+def test_smtpd_sides(protocol: str, data: st.DataObject, cuts: list[int], ops: list[Op]) -> None:
+    """smtpd's end of each protocol (driver, conformance battery): whatever a table writes,
+    in any pieces, only ProtocolViolation where smtpd exits (native, imsg; never in the
+    2020 dialect), and every Answer answers a request sent, in the order sent."""
+    written = data.draw(imsg_replies() if protocol == "imsg" else TABLE_WRITES)
+    side: Any = {"native": native.SmtpdSide, "imsg": imsg.SmtpdSide,
+                 "2020": procexec2020.SmtpdSide}[protocol]()
+    side.send(Open("t"))
+    sent: list[tuple[Op, str]] = []
+    try:
+        for piece in pieces(written, cuts):
+            side.receive_data(piece)
+            while (event := side.next_event()) is not None:
+                if isinstance(event, Registered):
+                    for number, op in enumerate(ops):
+                        request_id = f"{number:08x}"
+                        service = None if op is Op.UPDATE else Service.ALIAS
+                        side.send(Request(op, request_id, "t", service, "k", "alias"))
+                        sent.append((op, request_id))
+                    continue
+                assert isinstance(event, Answer) and sent, event
+                assert (event.op, event.id) == sent.pop(0)
+                assert isinstance(event.reply, Found | NotFound | Error | Updated)
+    except ProtocolViolation:
+        assert protocol != "2020"
+
+
 @st.composite
 def imsg_stream(draw: st.DrawFn) -> bytes:
     rng = draw(st.randoms(use_true_random=False))
@@ -134,13 +196,13 @@ def test_imsg_table_side(data: bytes, cuts: list[int], reply: Any) -> None:
         side.receive_data(piece)
         while (event := side.next_event()) is not None:
             if type(event).__name__ == "Hello":
-                judge.received(side.opened())
+                judge.received(side.send(Ready()))
             elif isinstance(event, Request | TableMalformed) and event.id is not None:
                 assert event.op is not None
                 try:
-                    encoded = side.reply(event.op, event.id, reply)
+                    encoded = side.send(Answer(event.op, event.id, reply))
                 except UnicodeEncodeError:  # the runtime answers error then (runtime.py)
-                    encoded = side.reply(event.op, event.id, Failed("unencodable"))
+                    encoded = side.send(Answer(event.op, event.id, Error("unencodable")))
                 judge.received(encoded)
     tally = judge.finish()
     assert not tally.problems, tally.details()

@@ -35,7 +35,7 @@ def test_many_config_lines_in_one_read_register_and_eof_ends(tmp_path: Path) -> 
 
 
 def test_codec_handshake_is_iterative() -> None:
-    from opensmtpd.table import native
+    from opensmtpd.table.wire import native
     side = native.TableSide()
     side.receive_data(b"config|k|v\n" * 50_000 + b"config|tablename|t\nconfig|ready\n")
     hello = side.next_event()
@@ -162,7 +162,7 @@ def test_native_handshake_state_is_bounded(tmp_path: Path) -> None:
 
 def test_reproducer_from_the_issue_runs_clean() -> None:
     """The one-liner of the issue, verbatim: no RecursionError."""
-    code = ("from opensmtpd.table import native; s = native.TableSide(); "
+    code = ("from opensmtpd.table.wire import native; s = native.TableSide(); "
             "s.receive_data(b'config|k|v\\n' * 500 + b'config|ready\\n'); s.next_event()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
@@ -218,7 +218,7 @@ def test_the_tail_of_a_dropped_key_is_never_answered() -> None:
     """A credentials/auth key with a raw newline (smtpd < 7.8) is answered error and the
     rest dropped; when the rest arrived in two reads, its second part was parsed as a
     request and answered: a reply to an id smtpd never sent (found by ``make fuzz``)."""
-    from opensmtpd.table import native
+    from opensmtpd.table.wire import native
     side = native.TableSide()
     side.receive_data(b"config|tablename|t\nconfig|ready\n")
     assert type(side.next_event()).__name__ == "Hello"

@@ -20,9 +20,9 @@ from typing import NoReturn
 
 from ..table.conformance import Battery, summary
 from ..table.driver import BackendExited, BackendTimeout, Driver, describe_reply
-from ..table.events import Failed, NotFound, Op
-from ..table.procexec2020 import FORMS
-from ..table.services import Service
+from ..table.wire.events import Error, NotFound, Op
+from ..table.wire.procexec2020 import FORMS
+from ..table.wire.services import Service
 from ..wire import ProtocolViolation
 
 ACTIONS = {"check": 2, "lookup": 2, "fetch": 1, "update": 0, "conform": 0}
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     hidden = service in (Service.CREDENTIALS,) and getattr(reply, "value", None)
     print("found <value hidden: credentials>" if hidden else describe_reply(reply))
-    if isinstance(reply, Failed):
+    if isinstance(reply, Error):
         return 2
     return 1 if isinstance(reply, NotFound) else 0
 

@@ -17,7 +17,7 @@ import threading
 
 from ..extras import MissingExtra, require
 from ..table import Op, Request, Service, Table, TempFail
-from ..table.services import ALL_BUT_AUTH
+from ..table.wire.services import ALL_BUT_AUTH
 from .config import Config, ConfigError
 from .replica import Replica, Snapshot, Source
 from .store import EmbeddedSource

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..table import Service
-from ..table.services import ALL_BUT_AUTH
+from ..table.wire.services import ALL_BUT_AUTH
 from .layout import DEFAULT_LAYOUT, Layout, LayoutError
 
 DEFAULT_DATABASE = "/var/lib/table-consul/kv.sqlite3"

@@ -2,89 +2,36 @@
 
     smtpd <= 7.5 --imsg on fd 0--> Bridge --0.1 or 2020 lines--> child (any language)
 
-The runtime (main.py) owns the processes, the file descriptors and the clock: it feeds
-bytes, process events and the time in, and takes bytes and spawn/kill decisions out.
-Nothing here blocks, sleeps or reads a clock of its own, so the unit tests drive it
-with a fake one.
+The runtime (runtime.py, child.py) owns the processes, the file descriptors and the
+clock: it feeds bytes, process events and the time in, and takes bytes and spawn/kill
+decisions out. Nothing here blocks, sleeps or reads a clock of its own, so the unit
+tests drive it with a fake one. Which dialect the child is spoken to is dialect.py's
+business; the requests in flight are pending.py's.
 
 Invariants (DESIGN.md): every imsg request gets exactly one reply, of type
 PROC_TABLE_OK, in request order (imsg has no ids, table-protocols.md §1.6); whatever is
 short of a definite answer from the child is -1 (smtpd tempfails, the sender retries);
-no request waits past its deadline. The child's dialect:
-
-- ``native``: the smtpd 7.6 protocol (§3). The handshake is sent after smtpd's OPEN, so
-  the child gets ``config|tablename|<name>``; its ``register|`` services are remembered
-  and any other service is answered -1 without asking it.
-- ``2020``: the seed's table-procexec dialect (§2), no handshake, ``table-result|…``;
-  requests in the article's named form (``table|0.1|ts|<table>|op|id|…``, what
-  go-opensmtpd and py-opensmtpd parse) unless ``form_2020`` is "unnamed".
-- ``auto``: see ``Settings.protocol`` and docs/table-procexec.md.
+no request waits past its deadline. A native child's ``register|`` services are
+remembered and any other service is answered -1 without asking it.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
-import secrets
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..table import imsg, native, procexec2020
-from ..table.backend import describe
-from ..table.events import Failed, Found, Hello, Malformed, Op, Reply, Request
-from ..table.services import Service
+from ..table.wire import imsg
+from ..table.wire.events import Error, Found, Hello, Malformed, Op, Ready, Reply, Request
+from ..table.wire.services import Service
 from ..wire import MAX_LINE, LineBuffer, ProtocolViolation, decode, encode
+from .dialect import Dialect, Restart
+from .logsafe import shown
+from .pending import Pending, Requests
+from .settings import Settings
 
 log = logging.getLogger("opensmtpd.procexec")
-
-PROTOCOLS = ("auto", "native", "2020")
-# Requests that wait for a child being (re)started (down, starting, in its handshake), each
-# until its own deadline; one more is answered -1 at once. smtpd <= 7.5 asks a table one
-# request at a time (§1.6), so more than one only comes from another client.
-MAX_WAITING = 256
-# What the child reads in config|smtpd-version: the protocol it is spoken to is 7.6's,
-# by table-procexec on behalf of an older smtpd (same shape as "7.6.0-portable").
-SMTPD_VERSION = "7.6.0-procexec"
-EXPIRED_MEMORY = 256  # ids answered -1 at their deadline, remembered to spot late replies
-SHOWN = 160  # characters of a child's line quoted in a log line
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How the bridge treats its child; every duration is in seconds.
-
-    ``protocol`` "auto": each child is first offered the 0.1 handshake; one that
-    registers speaks 0.1 from then on. One that answers anything else, stays silent for
-    ``handshake_timeout`` or exits is restarted at once and spoken to in the 2020
-    dialect, which holds once the child answers a request with ``table-result|``; a 2020
-    attempt that fails (exit, garbage, deadline) goes back to the 0.1 handshake.
-    """
-
-    protocol: str = "auto"
-    form_2020: str = "named"  # or "unnamed": the never-merged C branch's requests (§2)
-    deadline: float = 5.0
-    handshake_timeout: float = 2.0  # a loaded host can take a second to start Python
-    min_backoff: float = 0.25
-    max_backoff: float = 5.0
-    restart_after: int = 3  # consecutive deadline misses before a hung child is restarted
-
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, "
-                             f"not {self.protocol!r}")
-        if self.form_2020 not in procexec2020.FORMS:
-            raise ValueError(f"form-2020 must be one of {', '.join(procexec2020.FORMS)}, "
-                             f"not {self.form_2020!r}")
-        for name in ("deadline", "handshake_timeout", "min_backoff", "max_backoff"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name.replace('_', '-')} must be a positive number of seconds")
-        if self.max_backoff < self.min_backoff:
-            raise ValueError("max-backoff must not be below min-backoff")
-        if self.restart_after < 1:
-            raise ValueError("restart-after must be at least 1")
 
 
 class Phase(enum.Enum):
@@ -98,25 +45,6 @@ class Phase(enum.Enum):
 DOWN, HANDSHAKE, READY = Phase.DOWN, Phase.HANDSHAKE, Phase.READY
 
 
-@dataclass(slots=True)
-class _Pending:
-    request: Request
-    child_id: str  # the id the child sees (imsg has none: ours, unique per bridge)
-    deadline: float
-    sent: bool = False
-    reply: Reply | None = None
-
-
-def shown(line: str) -> str:
-    """A child's line as quoted in logs: bounded, with a found value hidden (it may be a
-    credentials hash or a password)."""
-    head, sep, _value = line.partition("|found|")
-    kind = head.split("|", 1)[0]
-    if sep and (kind.endswith("-result") or kind == "table-response"):
-        line = f"{head}|found|<value hidden>"
-    return repr(line[:SHOWN] + ("…" if len(line) > SHOWN else ""))
-
-
 class Bridge:
     """One smtpd table served by a child process (restarted as often as needed)."""
 
@@ -127,25 +55,23 @@ class Bridge:
         self._wallclock = wallclock
         self.table = ""
         self.opened = False
-        forced = self.settings.protocol
-        self.dialect: str | None = None if forced == "auto" else forced  # known for sure
-        self.child_dialect = self.dialect or "native"  # what the current/next child hears
+        self.dialect = Dialect(self.settings.protocol, self.settings.form_2020)
+        self._child_id = self.dialect.child_id  # (bound once: the hot path calls it)
+        self._deadline = self.settings.deadline
         self.phase = DOWN
         self.child_pid: int | None = None
         self.services: frozenset[Service] = frozenset()
         self.spawn_at: float | None = None
         self.kill_reason: str | None = None
         self._kill_delay = 0.0
-        self._registering: list[Service] = []
         self._handshake_deadline = 0.0
-        self._pending: dict[str, _Pending] = {}
-        self._expired: deque[str] = deque(maxlen=EXPIRED_MEMORY)
+        self._requests = Requests()
+        self._pending = self._requests.entries  # the hot path only reads it
         self._lines = LineBuffer()
         self.to_smtpd = bytearray()  # bytes the runtime owes smtpd (it clears what it sent)
         self.to_child = bytearray()  # bytes the runtime owes the current child
         self._failures = 0  # consecutive crashes, for the back-off
         self._timeouts = 0  # consecutive deadline misses of the current child
-        self._ids = itertools.count(secrets.randbits(30))
         self._warned: set[str] = set()
 
     # --- outputs, for the runtime ---
@@ -165,11 +91,7 @@ class Bridge:
 
     def next_wakeup(self) -> float | None:
         """When ``tick`` has something to do (a deadline, a respawn), if ever."""
-        wake = None
-        for entry in self._pending.values():  # arrival order = deadline order
-            if entry.reply is None:
-                wake = entry.deadline
-                break
+        wake = self._requests.next_deadline()
         if self.phase is HANDSHAKE and (wake is None or self._handshake_deadline < wake):
             wake = self._handshake_deadline
         if self.child_pid is None and self.spawn_at is not None and (
@@ -190,29 +112,23 @@ class Bridge:
             elif isinstance(event, Malformed):
                 log.error("malformed message from smtpd: %s", event.reason)
                 if event.id is not None and event.op is not None:
-                    entry = self._enqueue(Request(event.op, event.id, self.table), now)
-                    entry.reply = Failed("malformed request")
+                    entry = self._requests.add(Request(event.op, event.id, self.table),
+                                               now + self._deadline, self._child_id)
+                    entry.reply = Error("malformed request")
             else:
                 log.info("smtpd sent %s: ignored (only EOF ends the bridge)", event.what)
         if self._pending:
-            self._flush()
+            self._requests.flush(self.to_smtpd, self._smtpd.send)  # (_flush, inlined)
 
     def _open(self, hello: Hello, now: float) -> None:
-        self.to_smtpd += self._smtpd.opened()
+        self.to_smtpd += self._smtpd.send(Ready())
         if self.opened:
             return
         self.opened, self.table = True, hello.table
         self.spawn_at = now
 
-    def _enqueue(self, request: Request, now: float) -> _Pending:
-        n = next(self._ids)
-        child_id = f"{n & 0xFFFFFFFF:08x}" if self.child_dialect == "native" else f"{n:016x}"
-        entry = _Pending(request, child_id, now + self.settings.deadline)
-        self._pending[child_id] = entry
-        return entry
-
     def _request(self, request: Request, now: float) -> None:
-        entry = self._enqueue(request, now)
+        entry = self._requests.add(request, now + self._deadline, self._child_id)
         key = request.key
         ready = self.phase is READY and self.kill_reason is None
         if ready and request.service is not None and (
@@ -221,15 +137,16 @@ class Bridge:
             return
         refusal = self._refusal(request)
         if refusal is None and not ready:
-            refusal = self._cannot_wait(entry, now)
+            restart_at = self.spawn_at if self.child_pid is None else None
+            refusal = self._requests.cannot_wait(entry, restart_at, now)
         if refusal is not None:
-            log.warning("%s: %s: answering -1 (tempfail)", describe(request), refusal)
-            entry.reply = Failed(refusal)
+            log.warning("%s: %s: answering -1 (tempfail)", request.describe(), refusal)
+            entry.reply = Error(refusal)
         elif ready:
             self._send(entry)
         elif self.child_pid is None and self.spawn_at is not None:
             # it waits: sent once a child is ready (_send_queued), -1 at its deadline
-            log.info("%s: waits for the next child (starting in %.2fs)", describe(request),
+            log.info("%s: waits for the next child (starting in %.2fs)", request.describe(),
                      max(self.spawn_at - now, 0.0))
 
     def _refusal(self, request: Request) -> str | None:
@@ -241,60 +158,38 @@ class Bridge:
             return "request before OPEN"
         return None
 
-    def _cannot_wait(self, entry: _Pending, now: float) -> str | None:
-        """Why a request cannot wait for the child being (re)started, if it cannot."""
-        waiting = sum(1 for e in self._pending.values() if e.reply is None and not e.sent)
-        if waiting > MAX_WAITING:  # itself included
-            return f"{MAX_WAITING} requests already wait for the child"
-        if self.child_pid is None and self.spawn_at is not None and (
-                self.spawn_at >= entry.deadline):
-            return (f"the child is down and restarts in {self.spawn_at - now:.2f}s, after "
-                    f"this request's deadline")
-        return None
-
-    def _send(self, entry: _Pending) -> None:
+    def _send(self, entry: Pending) -> None:
         request = entry.request
-        stamp = f"{self._wallclock():.6f}"
-        if self.child_dialect == "native":
-            if request.op is not Op.UPDATE and request.service not in self.services:
-                name = str(request.service)
-                if name not in self._warned:  # once per service: smtpd.conf decides this
-                    self._warned.add(name)
-                    log.warning("smtpd asks for service %s, which the child did not register: "
-                                "answering -1 (tempfail) without asking it", name)
-                entry.reply = Failed(f"service {name} not registered by the child")
-                return
-            line = native.request(request.op, self.table, entry.child_id, request.service,
-                                  request.key, stamp)
-        else:
-            named = self.table if self.settings.form_2020 == "named" else None
-            line = procexec2020.request(request.op, entry.child_id, request.service,
-                                        request.key, stamp, table=named)
-        self.to_child += line
+        dialect = self.dialect
+        if dialect.native and request.op is not Op.UPDATE and (
+                request.service not in self.services):
+            name = str(request.service)
+            if name not in self._warned:  # once per service: smtpd.conf decides this
+                self._warned.add(name)
+                log.warning("smtpd asks for service %s, which the child did not register: "
+                            "answering -1 (tempfail) without asking it", name)
+            entry.reply = Error(f"service {name} not registered by the child")
+            return
+        self.to_child += dialect.request(request.op, self.table, entry.child_id,
+                                         request.service, request.key,
+                                         f"{self._wallclock():.6f}")
         entry.sent = True
 
-    def _answer(self, entry: _Pending, reply: Reply) -> None:
+    def _answer(self, entry: Pending, reply: Reply) -> None:
         value = reply.value if isinstance(reply, Found) else None
         # (at most 4 bytes a character: short values need no encoding to be measured)
         if value is not None and (len(value) > imsg.MAX_VALUE // 4 or "\0" in value):
             size = len(encode(value))
             if size > imsg.MAX_VALUE or "\0" in value:
                 log.error("%s: the child's value (%d bytes) does not fit an imsg reply (at most "
-                          "%d bytes, no NUL): answering -1 (tempfail)", describe(entry.request),
+                          "%d bytes, no NUL): answering -1 (tempfail)", entry.request.describe(),
                           size, imsg.MAX_VALUE)
-                reply = Failed("value too long for imsg")
+                reply = Error("value too long for imsg")
         entry.reply = reply
 
     def _flush(self) -> None:
         """Write every answered request at the head of the queue: imsg replies go in order."""
-        pending = self._pending
-        while pending:
-            key = next(iter(pending))
-            entry = pending[key]
-            if entry.reply is None:
-                return
-            del pending[key]
-            self.to_smtpd += self._smtpd.reply(entry.request.op, entry.request.id, entry.reply)
+        self._requests.flush(self.to_smtpd, self._smtpd.send)
 
     # --- the child's side ---
 
@@ -303,14 +198,14 @@ class Bridge:
         self._lines = LineBuffer()
         self.to_child.clear()
         self._timeouts = 0
-        if self.child_dialect == "native":
+        handshake = self.dialect.handshake(self.table)
+        if handshake is not None:
             self.phase = HANDSHAKE
-            self._registering = []
             self._handshake_deadline = now + self.settings.handshake_timeout
-            self.to_child += native.handshake(self.table, SMTPD_VERSION)
+            self.to_child += handshake
             return
         self.phase = READY
-        sure = "" if self.dialect else " (it did not answer the 0.1 handshake)"
+        sure = " (it did not answer the 0.1 handshake)" if self.dialect.probing else ""
         log.info("ready: child pid %d spoken to in the 2020 dialect%s", pid, sure)
         self._send_queued()
 
@@ -329,8 +224,7 @@ class Bridge:
         else:
             during = " during the handshake" if self.phase is HANDSHAKE else ""
             log.error("child pid %d %s%s", self.child_pid, how, during)
-            probe = self._probe_failed(f"it {how}") if self.dialect is None else None
-            delay = self._backoff() if probe is None else probe
+            delay = self._delay(self.dialect.failed(f"it {how}"))
         failed = self._down(now, delay)
         if failed:
             log.error("%d request(s) the child had not answered: -1 (tempfail)", failed)
@@ -340,20 +234,8 @@ class Bridge:
         not asked yet waits for the next one, unless that comes after its deadline.
         Returns how many requests the gone child had been asked."""
         self.child_pid, self.phase, self.services = None, DOWN, frozenset()
-        self.spawn_at = spawn_at = now + delay
-        failed = late = waiting = 0
-        for entry in self._pending.values():
-            if entry.reply is not None:
-                continue
-            if entry.sent:  # never resent: it may be what killed the child
-                entry.reply = Failed("the child exited")
-                failed += 1
-            elif entry.deadline <= spawn_at:
-                entry.reply = Failed("the next child starts after this request's deadline")
-                late += 1
-            else:
-                waiting += 1
-            entry.sent = False
+        self.spawn_at = now + delay
+        failed, late, waiting = self._requests.child_gone(self.spawn_at)
         if late:
             log.error("%d request(s) cannot wait %.2fs for the next child: -1 (tempfail)",
                       late, delay)
@@ -368,20 +250,26 @@ class Bridge:
         delay: float = self.settings.min_backoff * 2.0 ** min(self._failures - 1, 30)
         return min(self.settings.max_backoff, delay)
 
+    def _delay(self, restart: Restart | None) -> float:
+        """Seconds until the next child: at once after a failed 0.1 probe, else the
+        back-off."""
+        return 0.0 if restart is Restart.AT_ONCE else self._backoff()
+
     def _request_kill(self, reason: str, delay: float) -> None:
         if self.child_pid is not None and self.kill_reason is None:
             self.kill_reason, self._kill_delay = reason, delay
 
-    def _probe_failed(self, why: str) -> float | None:
-        """Auto mode, dialect not known yet: the other dialect next. Returns the delay
-        before the next child (None: the usual back-off)."""
-        if self.child_dialect == "native":
-            self.child_dialect = "2020"
-            log.warning("the child did not register (%s): trying the 2020 dialect", why)
-            return 0.0
-        self.child_dialect = "native"
-        log.warning("the 2020 dialect did not work either (%s): back to the 0.1 handshake", why)
-        return None
+    def _probe_failed(self, why: str, kill: str | None = None) -> bool:
+        """The current child failed at something (``why``). While the dialect is probed
+        that is its answer: the dialect switches and this child is stopped (as ``kill``).
+        False when the dialect is known: the caller's own policy applies."""
+        if self.kill_reason is not None:  # condemned already: nothing more to learn
+            return True
+        restart = self.dialect.failed(why)
+        if restart is None:
+            return False
+        self._request_kill(kill or why, self._delay(restart))
+        return True
 
     def receive_child(self, data: bytes, now: float) -> None:
         if self.child_pid is None:
@@ -400,40 +288,29 @@ class Bridge:
                 else:
                     self._reply_line(line, lines.truncated)
         if self._pending:
-            self._flush()
+            self._requests.flush(self.to_smtpd, self._smtpd.send)  # (_flush, inlined)
 
     def _registration(self, line: str) -> None:
         try:
-            service = native.parse_registration(line)
-        except ProtocolViolation as exc:
-            if line.startswith("register|"):  # smtpd 7.6 would exit; we only skip it
-                log.warning("child registered %s: ignored", exc)
-                return
+            services = self.dialect.registration(line)
+        except ProtocolViolation:
             why = f"it answered the handshake with {shown(line)}"
-            if self.dialect is None:
-                self._probe_failed(why)
-                self._request_kill(why, 0.0)
-            else:
+            if not self._probe_failed(why):
                 log.error("%s, expected register|…: restarting it", why)
                 self._request_kill(why, self._backoff())
             return
-        if service is not None:
-            self._registering.append(service)
+        if services is None:
             return
-        self.services = frozenset(self._registering)
-        self.phase = READY
-        self.dialect = "native"
-        names = ", ".join(s.value for s in dict.fromkeys(self._registering)) or "nothing"
-        log.info("ready: child pid %s speaks the 0.1 protocol, registered %s",
-                 self.child_pid, names)
-        if not self.services:
+        self.services, self.phase = frozenset(services), READY
+        log.info("ready: child pid %s speaks the 0.1 protocol, registered %s", self.child_pid,
+                 ", ".join(s.value for s in services) or "nothing")
+        if not services:
             log.warning("the child registered no service: every request is answered -1")
         self._send_queued()
 
     def _send_queued(self) -> None:
-        for entry in self._pending.values():
-            if entry.reply is None and not entry.sent:
-                self._send(entry)
+        for entry in self._requests.unsent():
+            self._send(entry)
 
     def _reply_line(self, line: str, truncated: bool) -> None:
         head, _, rest = line.partition("|")
@@ -441,7 +318,7 @@ class Bridge:
                     if head.endswith("-result") or head == "table-response" else None)
         entry = self._pending.get(child_id) if child_id else None
         if entry is None or not entry.sent or entry.reply is not None:
-            if child_id is not None and child_id in self._expired:
+            if child_id is not None and self._requests.expired(child_id):
                 log.warning("late reply to request %s discarded (answered -1 at its deadline)",
                             child_id)
                 return
@@ -449,84 +326,64 @@ class Bridge:
             return
         if truncated:
             log.error("%s: the child's reply is longer than %d bytes: answering -1 (tempfail)",
-                      describe(entry.request), len(line))
-            self._answer(entry, Failed("reply too long"))
+                      entry.request.describe(), len(line))
+            self._answer(entry, Error("reply too long"))
             return
         reply = self._parse(entry, line)
         if reply is None:
-            self._answer(entry, Failed("malformed reply from the child"))
-            if self.dialect is None:
-                self._probe_failed("it answered with garbage")
-                self._request_kill("garbage while probing the 2020 dialect", self._backoff())
+            self._answer(entry, Error("malformed reply from the child"))
+            self._probe_failed("it answered with garbage",
+                               "garbage while probing the 2020 dialect")
             return
         self._failures = self._timeouts = 0
-        if self.dialect is None:
-            self.dialect = "2020"
-            log.info("the child answers in the 2020 dialect: keeping it")
+        if self.dialect.known is None:  # a probe of the 2020 dialect succeeded
+            self.dialect.answered()
         self._answer(entry, reply)
 
-    def _parse(self, entry: _Pending, line: str) -> Reply | None:
+    def _parse(self, entry: Pending, line: str) -> Reply | None:
         request = entry.request
-        if self.child_dialect == "native":
-            try:
-                reply = native.parse_reply(request.op, entry.child_id, line)
-            except ProtocolViolation as exc:
-                log.error("%s: malformed reply from the child (%s): %s: answering -1 (tempfail)",
-                          describe(request), exc, shown(line))
-                return None
-        else:
-            reply = procexec2020.parse_reply(request.op, entry.child_id, line)
-            if isinstance(reply, Failed) and reply.reason != "failure":
-                log.error("%s: malformed reply from the child: %s: answering -1 (tempfail)",
-                          describe(request), shown(line))
-                return None
-        if isinstance(reply, Failed):
+        try:
+            reply = self.dialect.parse_reply(request.op, entry.child_id, line)
+        except ProtocolViolation as exc:
+            log.error("%s: malformed reply from the child (%s): %s: answering -1 (tempfail)",
+                      request.describe(), exc, shown(line))
+            return None
+        if isinstance(reply, Error):
             detail = f": {reply.reason}" if reply.reason and reply.reason != "failure" else ""
-            log.warning("%s: the child answered error%s", describe(request), detail)
+            log.warning("%s: the child answered error%s", request.describe(), detail)
         return reply
 
     def _garbage(self, line: str, why: str) -> None:
         """A line no request can be matched to: the oldest question gets -1 right away
         (the child is confused; waiting for its deadline would only delay the tempfail)."""
-        oldest = next((e for e in self._pending.values() if e.sent and e.reply is None), None)
-        answered = f"; {describe(oldest.request)}: answering -1 (tempfail)" if oldest else ""
+        oldest = self._requests.oldest_asked()
+        answered = f"; {oldest.request.describe()}: answering -1 (tempfail)" if oldest else ""
         log.error("malformed line from the child (%s): %s%s", why, shown(line), answered)
         if oldest is not None:
-            self._answer(oldest, Failed("malformed line from the child"))
-        if self.dialect is None and self.kill_reason is None:
-            self._probe_failed("it wrote garbage")
-            self._request_kill("garbage while probing the 2020 dialect", self._backoff())
+            self._answer(oldest, Error("malformed line from the child"))
+        self._probe_failed("it wrote garbage", "garbage while probing the 2020 dialect")
 
     # --- time ---
 
     def tick(self, now: float) -> None:
         """Apply deadlines: requests, the handshake, a child that stopped answering."""
-        for entry in self._pending.values():
-            if entry.deadline > now:
-                break  # queued in arrival order, all with the same deadline length
-            if entry.reply is not None:
-                continue
+        for entry in self._requests.expire(now):
             what = "no reply from the child" if entry.sent else "no child ready to ask"
             log.error("%s: %s within %gs: answering -1 (tempfail)",
-                      describe(entry.request), what, self.settings.deadline)
-            entry.reply = Failed("deadline exceeded")
+                      entry.request.describe(), what, self.settings.deadline)
             if entry.sent:
-                self._expired.append(entry.child_id)
                 self._timeouts += 1
         if self.kill_reason is not None:
             pass  # the runtime stops this child before anything else
         elif self.phase is HANDSHAKE and now >= self._handshake_deadline:
             why = f"no register|ready within {self.settings.handshake_timeout:g}s"
-            if self.dialect is None:
-                self._probe_failed(why)
-                self._request_kill(why, 0.0)
-            else:
+            if not self._probe_failed(why):
                 log.error("child pid %s: %s: restarting it", self.child_pid, why)
                 self._request_kill(why, self._backoff())
         elif self._timeouts and self.child_pid is not None:
-            if self.dialect is None and self.child_dialect == "2020":
-                self._probe_failed("no reply before the deadline")
-                self._request_kill("silent while probing the 2020 dialect", self._backoff())
+            if self._probe_failed("no reply before the deadline",
+                                  "silent while probing the 2020 dialect"):
+                pass
             elif self._timeouts >= self.settings.restart_after:
                 why = f"{self._timeouts} requests in a row got no reply in time"
                 log.error("child pid %s: %s: restarting it", self.child_pid, why)

@@ -1,11 +1,13 @@
 """Write OpenSMTPD table backends in Python, for every smtpd generation.
 
-Two APIs: the 2020 module API of the seed (``table.on_lookup(cb)``, ``table.dispatch()``)
-and the ``Table`` object with handlers that return their answer.
+Two APIs: the ``Table`` object with handlers that return their answer (and fail by
+raising ``TempFail``), and the 2020 module API of the seed (``table.on_lookup(cb)``,
+``table.dispatch()``). ``MappingTable`` serves a mapping or a ``file:`` table as smtpd
+would. The protocols themselves, sans-IO and both ends, are ``opensmtpd.table.wire``.
 """
 
 from ..smtpd_version import SmtpdVersion
-from .api2020 import (
+from ._api2020 import (
     boolean,
     dispatch,
     failure,
@@ -16,14 +18,15 @@ from .api2020 import (
     result,
     updated,
 )
-from .backend import Table, TempFail
-from .events import Failed, Found, NotFound, Op, Request, Updated
-from .mapping import MappingTable
+from ._mapping import MappingTable, TableFileError
+from ._table import Table, TempFail
 from .match import domain_match, mailaddr_match, matches, netaddr_match, regex_match
-from .services import InvalidValue, Service, validate_value
+from .static import StaticEntries
+from .wire.events import Error, Found, NotFound, Op, Request, Updated
+from .wire.services import InvalidValue, Service, validate_value
 
 __all__ = [
-    "Failed",
+    "Error",
     "Found",
     "InvalidValue",
     "MappingTable",
@@ -32,7 +35,9 @@ __all__ = [
     "Request",
     "Service",
     "SmtpdVersion",
+    "StaticEntries",
     "Table",
+    "TableFileError",
     "TempFail",
     "Updated",
     "boolean",

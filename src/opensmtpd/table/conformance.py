@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from ..wire import ProtocolViolation
 from .driver import BackendExited, BackendTimeout, Driver
-from .events import Failed, Found, NotFound, Op, Reply, Updated
-from .services import InvalidValue, Service, smtpd_parse_error, validate_value
+from .wire.events import Error, Found, NotFound, Op, Reply, Updated
+from .wire.services import InvalidValue, Service, smtpd_parse_error, validate_value
 
 # A key for each service shaped like what smtpd sends (lab-7.6 REPORT §2.3).
 PROBE_KEYS = {
@@ -46,7 +46,7 @@ class Result:
 def _shown(service: Service, reply: Reply) -> str:
     if isinstance(reply, Found) and reply.value is not None:
         return "found <value hidden>" if service in SECRET else f"found {reply.value[:60]!r}"
-    if isinstance(reply, Failed):
+    if isinstance(reply, Error):
         return f"error {reply.reason!r}" if reply.reason else "error (no message)"
     return {Found: "found", NotFound: "not-found", Updated: "ok"}.get(type(reply),
                                                                       type(reply).__name__)
@@ -134,7 +134,7 @@ class Battery:
         if isinstance(reply, Result):
             return reply
         shown = _shown(Service.STRING, reply)
-        if isinstance(reply, Failed):
+        if isinstance(reply, Error):
             return Result("ok", name, f"{shown} for {shown_key}, which the table holds")
         if isinstance(reply, NotFound):
             return Result("FAIL", name, f"not-found for {shown_key}, which the table holds "
@@ -174,7 +174,7 @@ class Battery:
                     validate_value(service, reply.value)
                 except InvalidValue as exc:
                     return Result("warn", name, f"{shown}: smtpd takes it, but {exc}")
-        if isinstance(reply, Failed) and not reply.reason and self.protocol == "native":
+        if isinstance(reply, Error) and not reply.reason and self.protocol == "native":
             return Result("warn", name, "error without a message (smtpd-tables(7) wants one)")
         return Result("ok", name, shown)
 

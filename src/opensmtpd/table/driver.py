@@ -1,6 +1,7 @@
 """smtpd's side of a table backend: start it exactly as smtpd does and drive it.
 
-Used by ``opensmtpd-table``, the conformance battery, the benchmarks and the bridge.
+Used by ``opensmtpd-table``, the conformance battery and the benchmarks. The protocol is
+the wire tier's ``SmtpdSide`` of each generation; this adds the process and the socket.
 Process setup (table-protocols.md §1.1, §3.1): argv[0] is the table name, argv[1] the
 config; smtpd <= 7.5 gives one socket on fd 0 only; 7.6+ gives the same socket on fd 0
 and fd 1; the 2020 procexec gave a socket on fd 0 and 1 as well. stderr is inherited.
@@ -20,9 +21,9 @@ import time
 from collections.abc import Sequence
 
 from ..wire import LineBuffer, ProtocolViolation, decode
-from . import imsg, native, procexec2020
-from .events import Failed, Op, Reply
-from .services import Service
+from .wire import PROTOCOLS, imsg, native, procexec2020
+from .wire.events import Answer, Error, Op, Open, Registered, Reply, Request
+from .wire.services import Service
 
 
 class BackendTimeout(Exception):
@@ -33,6 +34,9 @@ class BackendExited(Exception):
     """The backend closed its socket (smtpd would exit: 'table-proc: getline')."""
 
 
+SmtpdSide = imsg.SmtpdSide | native.SmtpdSide | procexec2020.SmtpdSide
+
+
 class Driver:
     """Start ``command`` as table ``table`` and speak ``protocol`` to it."""
 
@@ -40,14 +44,20 @@ class Driver:
                  config: str | None = None, timeout: float = 10.0,
                  smtpd_version: str = "7.6.0-portable", stderr: int | None = None,
                  form_2020: str = "named") -> None:
-        if protocol not in ("native", "imsg", "2020"):
+        if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
         if form_2020 not in procexec2020.FORMS:
             raise ValueError(f"unknown 2020 form {form_2020!r}")
         self.protocol, self.table, self.timeout = protocol, table, timeout
-        # 2020 requests name the table (the article's form) unless asked not to
-        self._named_2020: str | None = table if form_2020 == "named" else None
+        self.side: SmtpdSide
+        if protocol == "native":
+            self.side = native.SmtpdSide(clock=time.time)
+        elif protocol == "imsg":
+            self.side = imsg.SmtpdSide(os.getpid())
+        else:  # 2020 requests name the table (the article's form) unless asked not to
+            self.side = procexec2020.SmtpdSide(form_2020, clock=time.time)
         self.services: tuple[Service, ...] = ()
+        self._seq = 0
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [table, *([config] if config is not None else []), *command[1:]]
         stdout = subprocess.DEVNULL if protocol == "imsg" else theirs.fileno()
@@ -56,17 +66,12 @@ class Driver:
         theirs.close()
         self.sock = ours
         self.fd = ours.fileno()
-        self._lines = LineBuffer()
-        self._framer = imsg.Framer()
-        self._pid = os.getpid()
+        self._lines = LineBuffer()  # read_line(): raw lines, outside the judged exchange
         try:
-            if protocol == "native":
-                self._send(native.handshake(table, smtpd_version))
-                self.services = self._registration()
-            elif protocol == "imsg":
-                self._send(imsg.open_request(table, self._pid))
-                msg_type, payload = self._message()
-                imsg.parse_reply(None, msg_type, payload)
+            self._send(self.side.send(Open(table, smtpd_version)))
+            event = self._next_event()
+            assert isinstance(event, Registered)
+            self.services = event.services
         except BaseException:
             self.close(timeout=1.0)  # a failed handshake leaves no process behind
             raise
@@ -88,25 +93,20 @@ class Driver:
             raise BackendExited("the backend closed its end (it exited?)")
         return data
 
+    def _next_event(self) -> Registered | Answer:
+        """The next event of smtpd's end, reading as needed (ProtocolViolation: smtpd
+        would exit)."""
+        deadline = time.monotonic() + self.timeout
+        while (event := self.side.next_event()) is None:
+            self.side.receive_data(self._fill(deadline))
+        return event
+
     def read_line(self, timeout: float | None = None) -> str:
+        """One raw line, for what was sent with ``send_raw`` (not judged)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while (raw := self._lines.next_line()) is None:
             self._lines.feed(self._fill(deadline))
         return decode(raw)
-
-    def _message(self) -> tuple[int, bytes]:
-        deadline = time.monotonic() + self.timeout
-        while (msg := self._framer.next_message()) is None:
-            self._framer.feed(self._fill(deadline))
-        return msg
-
-    def _registration(self) -> tuple[Service, ...]:
-        services: list[Service] = []
-        while (service := native.parse_registration(self.read_line())) is not None:
-            services.append(service)
-        if not services:
-            raise ProtocolViolation("no services registered")
-        return tuple(services)
 
     # --- requests ---
 
@@ -115,22 +115,27 @@ class Driver:
 
     def query(self, op: Op, service: Service | None = None, key: str | None = None, *,
               service_code: int | None = None) -> Reply:
-        """One request, answered as smtpd would see it."""
-        if self.protocol == "imsg":
-            self._send(imsg.request(op, service, key, self._pid, service_code))
-            msg_type, payload = self._message()
-            reply = imsg.parse_reply(op, msg_type, payload)
-            assert reply is not None
-            return reply
-        request_id = f"{secrets.randbits(32):08x}"
+        """One request, answered as smtpd would see it. ``service_code`` (imsg): a service
+        number instead of ``service``, e.g. one no smtpd has."""
+        raw_service = service.value if service is not None else ""
+        if service_code is not None:
+            service, raw_service = Service.from_code(service_code), f"0x{service_code:x}"
+        request = Request(op, self._request_id(), self.table, service,
+                          key if op is Op.CHECK or op is Op.LOOKUP else None, raw_service)
+        self._send(self.side.send(request))
+        event = self._next_event()
+        if not isinstance(event, Answer) or event.id != request.id:  # the sides guarantee it
+            raise ProtocolViolation(f"expected the answer to {request.id}, got {event!r}")
+        return event.reply
+
+    def _request_id(self) -> str:
+        """smtpd 7.6's ids are 8 hex digits, the 2020 dialect's 16; imsg has none."""
         if self.protocol == "native":
-            self._send(native.request(op, self.table, request_id, service, key,
-                                      f"{time.time():.6f}"))
-            return native.parse_reply(op, request_id, self.read_line())
-        request_id = f"{secrets.randbits(64):016x}"
-        self._send(procexec2020.request(op, request_id, service, key, f"{time.time():.6f}",
-                                        table=self._named_2020))
-        return procexec2020.parse_reply(op, request_id, self.read_line())
+            return f"{secrets.randbits(32):08x}"
+        if self.protocol == "2020":
+            return f"{secrets.randbits(64):016x}"
+        self._seq += 1
+        return str(self._seq)
 
     def check(self, service: Service, key: str) -> Reply:
         return self.query(Op.CHECK, service, key)
@@ -163,7 +168,7 @@ class Driver:
 
 def describe_reply(reply: Reply) -> str:
     """What smtpd makes of a reply, for humans."""
-    if isinstance(reply, Failed):
+    if isinstance(reply, Error):
         return f"error ({reply.reason})" if reply.reason else "error"
     name = type(reply).__name__
     value = getattr(reply, "value", None)

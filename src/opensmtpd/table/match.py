@@ -11,8 +11,8 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 
-from .posix_regex import Regex
-from .services import Service
+from ._posix_regex import Regex
+from .wire.services import Service
 
 SUBADDRESSING_DELIM = "+"
 MAX_ADDRESS = 2047  # text_to_mailaddr(): the address into char[LINE_MAX]

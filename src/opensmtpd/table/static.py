@@ -29,7 +29,7 @@ from .match import (
     regex_match,
     split_mailaddr,
 )
-from .services import Service
+from .wire.services import Service
 
 V = TypeVar("V")
 MAX_KEY = 1023  # table_static_priv_add: lowercase() into char[1024] or the key is dropped

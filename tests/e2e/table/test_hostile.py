@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opensmtpd.testing import Root, Smtpd, free_port, maildir_messages, send, wait_for
+from harness.smtpd import Root, Smtpd, free_port, maildir_messages, send, wait_for
 
 from .backends import FAULTY
 

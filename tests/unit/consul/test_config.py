@@ -8,7 +8,7 @@ import pytest
 
 from opensmtpd.consul.config import KEYS, Config, ConfigError, load, parse_duration
 from opensmtpd.table import Service
-from opensmtpd.table.services import ALL_BUT_AUTH
+from opensmtpd.table.wire.services import ALL_BUT_AUTH
 
 SECRET = "5e1b3c2a-0000-4000-8000-00000000beef"
 

@@ -16,7 +16,7 @@ from opensmtpd.consul.backend import BrokenTable, ConsulTable, build_table
 from opensmtpd.consul.config import load
 from opensmtpd.consul.layout import Layout
 from opensmtpd.consul.store import EmbeddedStore
-from opensmtpd.table import Failed, Found, NotFound, Op, Request, Service, Updated
+from opensmtpd.table import Error, Found, NotFound, Op, Request, Service, Updated
 from opensmtpd.table.driver import Driver
 
 from ..table.helpers import Started
@@ -55,7 +55,7 @@ def test_seed_scenario_embedded_store(tmp_path: Path, start: Started, protocol: 
     driver = start(SCRIPT, protocol=protocol, table="aliases", config=config)
     for reply in (driver.lookup(S.ALIAS, "root"), driver.check(S.DOMAIN, "example.org"),
                   driver.fetch(S.SOURCE)):
-        assert isinstance(reply, Failed), reply
+        assert isinstance(reply, Error), reply
     store.put("aliases/alias/root", b"gilles")
     assert wait_for(lambda: lookup_value(driver, S.ALIAS, "root") == "gilles", 10)
     assert isinstance(driver.lookup(S.ALIAS, "ghost"), NotFound)  # synced: a definite no
@@ -91,8 +91,8 @@ def test_values_smtpd_cannot_parse_are_errors(tmp_path: Path, start: Started) ->
     assert lookup_value(driver, S.USERINFO, "ok") == "1000:1000:/home/ok"
     for service, key in ((S.USERINFO, "gilles"), (S.ALIAS, "empty"), (S.ALIAS, "broken"),
                          (S.ALIAS, "latin1")):
-        assert isinstance(driver.lookup(service, key), Failed), key
-    assert isinstance(driver.fetch(S.SOURCE), Failed)  # "bad" is not an IP address
+        assert isinstance(driver.lookup(service, key), Error), key
+    assert isinstance(driver.fetch(S.SOURCE), Error)  # "bad" is not an IP address
     assert driver.process.poll() is None
     assert "invalid answer" in start.stderr(driver)
 
@@ -106,10 +106,10 @@ def test_stale_copy_then_error_when_the_store_disappears(tmp_path: Path,
     assert lookup_value(driver, S.ALIAS, "root") == "gilles"
     os.unlink(store.path)
     assert lookup_value(driver, S.ALIAS, "root") == "gilles"  # the last good copy
-    assert wait_for(lambda: isinstance(driver.lookup(S.ALIAS, "root"), Failed), 10)
+    assert wait_for(lambda: isinstance(driver.lookup(S.ALIAS, "root"), Error), 10)
     # never a not-found while the store is gone
-    assert isinstance(driver.lookup(S.ALIAS, "ghost"), Failed)
-    assert isinstance(driver.update(), Failed)           # smtpctl would report the failure
+    assert isinstance(driver.lookup(S.ALIAS, "ghost"), Error)
+    assert isinstance(driver.update(), Error)           # smtpctl would report the failure
     store.put("t/alias/root", b"henry")                  # back: fresh answers again
     assert wait_for(lambda: lookup_value(driver, S.ALIAS, "root") == "henry", 10)
     stderr = start.stderr(driver)
@@ -140,8 +140,8 @@ def test_configuration_error_answers_error_and_keeps_running(
     driver = start(SCRIPT, protocol=protocol, table="t", config=str(path))
     for _ in range(3):
         reply = driver.lookup(S.ALIAS, "root")
-        assert isinstance(reply, Failed), reply
-    assert isinstance(driver.update(), Failed)
+        assert isinstance(reply, Error), reply
+    assert isinstance(driver.update(), Error)
     assert driver.process.poll() is None
     stderr = start.stderr(driver)
     assert f"{path}:2: unknown key 'wiat' (did you mean wait?)" in stderr
@@ -159,8 +159,8 @@ def test_consul_unreachable_token_never_logged(tmp_path: Path, start: Started) -
                     "startup_wait = 1s\nretry_min = 50ms\nretry_max = 100ms\n")
     driver = start(SCRIPT, table="t", config=str(path))
     reply = driver.lookup(S.ALIAS, "root")
-    assert isinstance(reply, Failed) and "not synced yet" in reply.reason, reply
-    assert isinstance(driver.update(), Failed)
+    assert isinstance(reply, Error) and "not synced yet" in reply.reason, reply
+    assert isinstance(driver.update(), Error)
     stderr = start.stderr(driver)
     assert "sync of 't/' failed" in stderr and "ConnectError" in stderr
     assert secret not in stderr and secret not in reply.reason
@@ -185,7 +185,7 @@ def test_table_in_process_with_fake_source(tmp_path: Path) -> None:
         assert table.answer(request(Op.UPDATE, None, None)) == Updated()
         source.fail(ConnectionError("gone"))
         reply = table.answer(request(Op.UPDATE, None, None))
-        assert isinstance(reply, Failed) and "gone" in reply.reason
+        assert isinstance(reply, Error) and "gone" in reply.reason
         assert table.answer(request(Op.LOOKUP, S.ALIAS, "root")) == Found("gilles")  # stale
     finally:
         table.close()
@@ -208,7 +208,7 @@ def test_2020_dialect_without_a_table_name_is_an_error(tmp_path: Path, start: St
     # the never-merged C procexec's form carries no table name (the article's form does)
     driver = start(SCRIPT, protocol="2020", table="aliases", config=config, form_2020="unnamed")
     reply = driver.lookup(S.ALIAS, "root")
-    assert isinstance(reply, Failed), reply
+    assert isinstance(reply, Error), reply
     assert "set table = NAME" in start.stderr(driver)
 
 
@@ -218,7 +218,7 @@ def test_build_table_reports_configuration_errors(tmp_path: Path) -> None:
     table = build_table(str(path))
     assert isinstance(table, BrokenTable)
     reply = table.answer(request(Op.LOOKUP, S.ALIAS, "root"))
-    assert isinstance(reply, Failed) and f"{path}:1: consistency" in reply.reason
+    assert isinstance(reply, Error) and f"{path}:1: consistency" in reply.reason
 
 
 def test_build_table_survives_a_missing_dependency(tmp_path: Path,
@@ -233,7 +233,7 @@ def test_build_table_survives_a_missing_dependency(tmp_path: Path,
     monkeypatch.setattr(backend, "ConsulTable", broken)
     table = build_table(None)
     assert isinstance(table, BrokenTable)
-    assert isinstance(table.answer(request(Op.LOOKUP, S.ALIAS, "root")), Failed)
+    assert isinstance(table.answer(request(Op.LOOKUP, S.ALIAS, "root")), Error)
 
 
 def test_main_without_arguments_on_a_terminal_prints_usage() -> None:

@@ -3,6 +3,7 @@ argv[1] = the child's command line), in front of the child programs of tests/chi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from opensmtpd.table import Found, Service
 from opensmtpd.table.driver import Driver
 
 REPO = Path(__file__).resolve().parents[3]
@@ -58,6 +60,16 @@ class Bridged:
         return [int(p) for p in re.findall(r"child pid (\d+)", self.log())]
 
 
+@pytest.fixture(autouse=True)
+def _log_level() -> Iterator[None]:
+    """A test that quiets the library's logger (the property tests) does not silence the
+    log lines the next test asserts on."""
+    logger = logging.getLogger("opensmtpd")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
     path = tmp_path / "data"
@@ -85,6 +97,18 @@ def bridge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable
         for pid in bridged.child_pids():  # never leave one behind, even if a test failed
             if ours(pid, tmp_path):
                 os.kill(pid, 9)
+
+
+def fault_child(bridge: Callable[..., Bridged], tmp_path: Path, data_file: Path,
+                **settings: object) -> tuple[Bridged, Path]:
+    """A bridge in front of tests/children/fault_table.py, serving; its mode file (what
+    the child does next: ok, garbage, hang:S, exit, crash-start)."""
+    mode = tmp_path / "mode"
+    mode.write_text("ok")
+    bridged = bridge(f"{child(tmp_path, 'fault_table.py')} {mode} {data_file}",
+                     **{"protocol": "native", "deadline": 0.5, "max_backoff": 0.5, **settings})
+    assert bridged.driver.lookup(Service.USERINFO, "vuser") == Found("65534:65534:/var/empty")
+    return bridged, mode
 
 
 def ours(pid: int, tmp_path: Path) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import deque
 
 from opensmtpd.procexec import Bridge, Settings
-from opensmtpd.table import imsg
-from opensmtpd.table.events import Op, Reply
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import imsg
+from opensmtpd.table.wire.events import Op, Reply
+from opensmtpd.table.wire.services import Service
 
 STAMP = 1700000000.25
+TS = "1700000000.250000"  # STAMP as the child reads it
 TABLE = "aliases"
 
 
@@ -80,3 +81,12 @@ class Harness:
 
     def last_id(self, line: str, field: int) -> str:
         return line.split("|")[field]
+
+
+def lookup_line(h: Harness, service: str = "alias", key: str = "root") -> tuple[str, str]:
+    """The one 0.1 request line the child got, and its id."""
+    (line,) = h.sent()
+    fields = line.split("|")
+    assert fields[:6] == ["table", "0.1", TS, TABLE, "lookup", service], line
+    assert fields[7] == key
+    return line, fields[6]

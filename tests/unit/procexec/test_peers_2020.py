@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from opensmtpd.cli.table import main as opensmtpd_table
-from opensmtpd.table import Failed, Found, NotFound, Service, Updated
+from opensmtpd.table import Error, Found, NotFound, Service, Updated
 
 from .conftest import Bridged, child
 
@@ -53,7 +53,7 @@ def test_peer_exits_on_the_unnamed_form(bridge: Start, tmp_path: Path, seed_data
     op and exits; every lookup is -1 (and smtpd stays up)."""
     bridged = bridge(f"{child(tmp_path, peer)} {seed_data}", table="seed", protocol="2020",
                      form_2020="unnamed", deadline=2)
-    assert bridged.driver.lookup(Service.ALIAS, "root") == Failed("-1")
+    assert bridged.driver.lookup(Service.ALIAS, "root") == Error("-1")
     bridged.wait_log(r"unsupported operation: [0-9a-f]{16}")
     bridged.wait_log(r"child pid \d+ exited with status 1")
 

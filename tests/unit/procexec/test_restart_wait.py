@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from opensmtpd.table import Failed, Found, Service
+from opensmtpd.table import Error, Found, Service
 
 from .conftest import Bridged, child, ours
 
@@ -60,7 +60,7 @@ def test_a_child_that_keeps_crashing_gets_minus_one_within_the_deadline(
     mode.write_text("crash-start")
     kill_child(bridged, tmp_path, 1)
     for _ in range(2):
-        assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+        assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     bridged.wait_log(r"crashing at start", count=2)  # the next children started, and died
     assert "no child ready to ask within 1s" in bridged.log() or "cannot wait" in bridged.log()
     mode.write_text("ok")

@@ -1,10 +1,13 @@
-"""The real table-procexec process: argv handling, children in three dialects and
-languages, and faults, driven over imsg exactly as smtpd 6.8 drives a table."""
+"""The real table-procexec process (runtime.py): children in three dialects and languages,
+faults, EOF and signals, its log lines, driven over imsg exactly as smtpd 6.8 drives a
+table. (argv: test_cli.py; the child process itself: test_child.py.)"""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from opensmtpd.procexec.main import UsageError, split_command
-from opensmtpd.table import Failed, Found, NotFound, Service, Updated
+from opensmtpd.table import Error, Found, NotFound, Service, Updated
 from opensmtpd.table.driver import Driver
+from opensmtpd.table.wire import imsg
+from opensmtpd.table.wire.events import Op
 
-from .conftest import BRIDGE, REPO, Bridged, child, ours
+from .conftest import BRIDGE, REPO, Bridged, child, fault_child, ours
 
 ALIAS, USERINFO = Service.ALIAS, Service.USERINFO
 Start = Callable[..., Bridged]
@@ -31,49 +35,10 @@ def until_found(driver: Driver, service: Service, key: str, timeout: float = 15.
         reply = driver.lookup(service, key)
         if isinstance(reply, Found):
             return failures
-        assert isinstance(reply, Failed), reply  # never a not-found meanwhile: no bounce
+        assert isinstance(reply, Error), reply  # never a not-found meanwhile: no bounce
         failures += 1
         time.sleep(0.05)
     raise AssertionError(f"{key} never found")
-
-
-# --- argv ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("argv", "message"), [
-    ([], "the child command line (argv[1]) is missing"),
-    (["table-foo -f /etc/foo"], "must be an absolute path, not 'table-foo'"),
-    (["/bin/table 'unbalanced"], "cannot split the child command line"),
-    (["   "], "the child command line is empty"),
-])
-def test_clear_error_for_a_bad_command_line(argv: list[str], message: str) -> None:
-    result = subprocess.run([str(BRIDGE), *argv], capture_output=True, text=True, timeout=30,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == 64
-    assert message in result.stderr and result.stdout == ""
-    assert 'table NAME "procexec:/absolute/path/to/table' in result.stderr or "split" in message
-
-
-def test_quote_aware_split_without_a_shell() -> None:
-    assert split_command('/usr/local/bin/table-foobar -f "/etc/mail/foo bar.conf" $HOME *') == [
-        "/usr/local/bin/table-foobar", "-f", "/etc/mail/foo bar.conf", "$HOME", "*"]
-    with pytest.raises(UsageError):
-        split_command(None)
-
-
-def test_child_gets_table_name_as_argv0_and_its_quoted_args(
-        bridge: Start, tmp_path: Path, data_file: Path) -> None:
-    spaced = tmp_path / "with space"
-    spaced.mkdir()
-    (spaced / "data").write_text(data_file.read_text())
-    native = child(tmp_path, "native_table.py")
-    # sh -c without operands: $0 is sh's own argv[0], which smtpd 7.6 (and so the bridge)
-    # make the table name
-    bridged = bridge(f'/bin/sh -c \'echo "argv0=$0" >&2; exec {native} "{spaced}/data"\'',
-                     table="users", handshake_timeout=10)
-    assert bridged.driver.lookup(USERINFO, "vuser") == Found("65534:65534:/var/empty")
-    bridged.wait_log(r"table users child\[\d+\]: argv0=users")
-    # the child got config|tablename: the library names its log lines after it
-    bridged.wait_log(r"table users child\[\d+\]: table users\[\d+\]: ready: native protocol")
 
 
 # --- the three children -------------------------------------------------------------------
@@ -143,21 +108,11 @@ def test_forced_protocol_skips_detection(bridge: Start, tmp_path: Path,
 
 # --- faults -------------------------------------------------------------------------------
 
-def fault_child(bridge: Start, tmp_path: Path, data_file: Path, **settings: object
-                ) -> tuple[Bridged, Path]:
-    mode = tmp_path / "mode"
-    mode.write_text("ok")
-    bridged = bridge(f"{child(tmp_path, 'fault_table.py')} {mode} {data_file}",
-                     **{"protocol": "native", "deadline": 0.5, "max_backoff": 0.5, **settings})
-    assert bridged.driver.lookup(USERINFO, "vuser") == Found("65534:65534:/var/empty")
-    return bridged, mode
-
-
 def test_garbage_is_minus_one_with_a_log_line(bridge: Start, tmp_path: Path,
                                               data_file: Path) -> None:
     bridged, mode = fault_child(bridge, tmp_path, data_file)
     mode.write_text("garbage")
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     line = bridged.wait_log(r"table aliases\[\d+\]: malformed line from the child.*")[0]
     assert "'this is not a reply'" in line and "answering -1" in line
     mode.write_text("ok")
@@ -169,7 +124,7 @@ def test_hung_child_then_late_reply_discarded(bridge: Start, tmp_path: Path,
     bridged, mode = fault_child(bridge, tmp_path, data_file)
     mode.write_text("hang:1.5")
     started = time.monotonic()
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     assert time.monotonic() - started < 1.5  # answered at the deadline, not by the child
     mode.write_text("ok")
     bridged.wait_log(r"late reply to request \w+ discarded")
@@ -181,7 +136,7 @@ def test_child_dies_mid_request_and_is_respawned(bridge: Start, tmp_path: Path,
     bridged, mode = fault_child(bridge, tmp_path, data_file, deadline=5)
     mode.write_text("exit")
     started = time.monotonic()
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     assert time.monotonic() - started < 5  # at once, not at the deadline
     mode.write_text("ok")
     until_found(bridged.driver, USERINFO, "vuser")
@@ -195,9 +150,9 @@ def test_child_killed_by_pid_then_crash_loop_then_recovery(bridge: Start, tmp_pa
     mode.write_text("crash-start")
     os.kill(first, signal.SIGKILL)
     bridged.wait_log(rf"child pid {first} was killed by SIGKILL")
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")  # meanwhile: -1
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")  # meanwhile: -1
     bridged.wait_log(r"crashing at start", count=2)
-    assert bridged.driver.lookup(USERINFO, "vuser") == Failed("-1")
+    assert bridged.driver.lookup(USERINFO, "vuser") == Error("-1")
     mode.write_text("ok")
     until_found(bridged.driver, USERINFO, "vuser")
     assert "exited with status 3 during the handshake" in bridged.log()
@@ -207,7 +162,7 @@ def test_missing_child_program_is_retried_not_fatal(bridge: Start, tmp_path: Pat
                                                     data_file: Path) -> None:
     missing = tmp_path / "later.sh"
     bridged = bridge(f"{missing} {data_file}", max_backoff=0.3)
-    assert bridged.driver.lookup(ALIAS, "root") == Failed("-1")
+    assert bridged.driver.lookup(ALIAS, "root") == Error("-1")
     assert "cannot start the child" in bridged.wait_log(r".*cannot start the child.*")[0]
     missing.write_text((REPO / "tests" / "children" / "shell_table.sh").read_text())
     missing.chmod(0o755)
@@ -231,14 +186,6 @@ def test_sigterm_stops_the_child_too(bridge: Start, tmp_path: Path, data_file: P
     assert not ours(pid, tmp_path)
 
 
-def test_stderr_lines_are_prefixed_with_the_table(bridge: Start, tmp_path: Path,
-                                                  data_file: Path) -> None:
-    bridged, mode = fault_child(bridge, tmp_path, data_file)
-    mode.write_text("garbage")
-    bridged.driver.lookup(USERINFO, "vuser")
-    bridged.wait_log(r"table aliases child\[\d+\]: fault_table pid \d+: writing garbage")
-
-
 def test_daemonized_smtpd_stderr_devnull_still_serves(tmp_path: Path, data_file: Path) -> None:
     """smtpd daemonized gives tables /dev/null as stderr: the bridge logs to syslog instead
     and serves as usual (its child's stderr lines too, without blocking anything)."""
@@ -248,8 +195,43 @@ def test_daemonized_smtpd_stderr_devnull_still_serves(tmp_path: Path, data_file:
         for _ in range(3):
             assert driver.lookup(ALIAS, "root") == Found("0:0:/root")
         assert driver.lookup(USERINFO, "nobody") == NotFound()
-    probe = "from opensmtpd.procexec.main import _stderr_is_devnull as f; print(f())"
+    probe = "from opensmtpd.stdio import stderr_is_devnull as f; print(f())"
     for stderr, expected in ((subprocess.DEVNULL, "True"), (subprocess.PIPE, "False")):
         out = subprocess.run([sys.executable, "-c", probe], stderr=stderr, stdout=subprocess.PIPE,
                              text=True, timeout=30).stdout.strip()
         assert out == expected
+
+
+def test_log_lines_are_labelled_by_the_table_once_smtpd_names_it(
+        tmp_path: Path, data_file: Path) -> None:
+    """``table-procexec[PID]: …`` until OPEN, ``table NAME[PID]: …`` from then on."""
+    shell = child(tmp_path, "shell_table.sh")
+    log_path = tmp_path / "stderr"
+    ours_end, theirs = socket.socketpair()
+    with open(log_path, "wb") as err:
+        process = subprocess.Popen(["aliases", f"{shell} {data_file}"], executable=str(BRIDGE),
+                                   stdin=theirs, stderr=err)
+    theirs.close()
+    framer = imsg.Framer()
+
+    def ask(message: bytes, op: Op | None) -> object:
+        ours_end.sendall(message)
+        deadline = time.monotonic() + 10
+        while (reply := framer.next_message()) is None and time.monotonic() < deadline:
+            if select.select([ours_end], [], [], 0.5)[0]:
+                framer.feed(ours_end.recv(65536))
+        assert reply is not None, log_path.read_text()
+        return imsg.parse_reply(op, *reply)
+
+    try:
+        assert ask(imsg.request(Op.LOOKUP, ALIAS, "root", 1), Op.LOOKUP) == Error("-1")
+        assert ask(imsg.open_request("users", 1), None) is None
+        assert ask(imsg.request(Op.LOOKUP, ALIAS, "a\nb", 1), Op.LOOKUP) == Error("-1")
+    finally:
+        ours_end.close()
+        assert process.wait(10) == 0
+    text = log_path.read_text()
+    pid = process.pid
+    assert f"table-procexec[{pid}]: lookup alias 'root': request before OPEN" in text
+    assert f"table users[{pid}]: lookup alias 'a\\nb': the key holds a line break" in text
+    assert f"table users[{pid}]: EOF from smtpd: stopping" in text

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from opensmtpd.table import api2020
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Request, Updated
-from opensmtpd.table.services import ALL_BUT_AUTH, Service
+from opensmtpd.table import _api2020 as api2020
+from opensmtpd.table.wire.events import Error, Found, NotFound, Op, Request, Updated
+from opensmtpd.table.wire.services import ALL_BUT_AUTH, Service
 
 from .helpers import SEED_EXAMPLE
 
@@ -63,7 +63,7 @@ def test_seed_lookup(seed: ModuleType) -> None:
 def test_seed_fetch(seed: ModuleType) -> None:
     assert ask(Op.FETCH, Service.MAILADDR) == Found("gilles@poolp.org")
     # an address is no source IP: smtpd could not use it, so it is a failure, not a crash
-    assert isinstance(ask(Op.FETCH, Service.SOURCE), Failed)
+    assert isinstance(ask(Op.FETCH, Service.SOURCE), Error)
 
 
 def test_seed_update_without_callback_is_acknowledged(seed: ModuleType) -> None:
@@ -130,7 +130,7 @@ def test_result_on_check_means_found() -> None:
 def test_boolean_true_cannot_answer_a_lookup() -> None:
     # a bare "found" on a lookup would kill smtpd 7.6: it becomes an error instead
     api2020.on_lookup(lambda token, name, service, key: api2020.boolean(token, True))
-    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Failed)
+    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Error)
     api2020.on_lookup(lambda token, name, service, key: api2020.boolean(token, False))
     assert ask(Op.LOOKUP, Service.ALIAS, "root") == NotFound()
 
@@ -139,9 +139,21 @@ def test_failure() -> None:
     api2020.on_lookup(lambda token, name, service, key: api2020.failure(token))
     api2020.on_check(lambda token, name, service, key: api2020.failure(token))
     api2020.on_update(lambda token, name: api2020.failure(token))
-    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Failed)
-    assert isinstance(ask(Op.CHECK, Service.DOMAIN, "x"), Failed)
-    assert isinstance(ask(Op.UPDATE), Failed)  # smtpctl must say "command failed"
+    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Error)
+    assert isinstance(ask(Op.CHECK, Service.DOMAIN, "x"), Error)
+    assert isinstance(ask(Op.UPDATE), Error)  # smtpctl must say "command failed"
+
+
+def test_failure_raises_inside_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """failure(token) fails the one way a Table handler fails: by raising TempFail, whose
+    reason reaches smtpd and the log."""
+    api2020.on_lookup(lambda token, name, service, key: api2020.failure(token))
+    caplog.set_level(logging.INFO, logger="opensmtpd")
+    assert ask(Op.LOOKUP, Service.ALIAS, "root") == Error("failure")
+    assert "temporary failure: failure" in caplog.text
+    api2020.on_lookup(lambda token, name, service, key: api2020.boolean(token, True))
+    reply = ask(Op.LOOKUP, Service.ALIAS, "root")
+    assert isinstance(reply, Error) and "use result()" in reply.reason
 
 
 def test_updated() -> None:
@@ -187,10 +199,10 @@ def test_callback_that_raises_is_a_failure() -> None:
         raise RuntimeError("boom")
 
     api2020.on_lookup(lookup)
-    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Failed)
+    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Error)
 
 
 def test_missing_callback_is_a_failure_not_a_crash() -> None:
-    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Failed)
-    assert isinstance(ask(Op.CHECK, Service.DOMAIN, "x"), Failed)
-    assert isinstance(ask(Op.FETCH, Service.SOURCE), Failed)
+    assert isinstance(ask(Op.LOOKUP, Service.ALIAS, "root"), Error)
+    assert isinstance(ask(Op.CHECK, Service.DOMAIN, "x"), Error)
+    assert isinstance(ask(Op.FETCH, Service.SOURCE), Error)

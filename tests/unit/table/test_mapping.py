@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from opensmtpd.table import MappingTable
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Request, Updated
-from opensmtpd.table.mapping import TableFileError, parse_file
-from opensmtpd.table.services import Service
+from opensmtpd.table._mapping import TableFileError, parse_file
+from opensmtpd.table.wire.events import Error, Found, NotFound, Op, Request, Updated
+from opensmtpd.table.wire.services import Service
 
 
 def req(op: Op, service: Service | None = None, key: str | None = None) -> Request:
@@ -156,7 +156,7 @@ def test_fetch_from_an_empty_table_is_not_found() -> None:
 
 def test_values_are_still_validated() -> None:
     table = MappingTable({"alice": "not-userinfo"})
-    assert isinstance(ask(table, Op.LOOKUP, Service.USERINFO, "alice"), Failed)
+    assert isinstance(ask(table, Op.LOOKUP, Service.USERINFO, "alice"), Error)
 
 
 def test_update_re_reads_the_file(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_failed_reload_is_an_error_and_keeps_the_old_entries(tmp_path: Path) -> 
     path = write(tmp_path, "root gilles@poolp.org\n")
     table = MappingTable(path=path)
     path.write_text("root gilles@poolp.org\nlonely\n")
-    assert isinstance(ask(table, Op.UPDATE), Failed)
+    assert isinstance(ask(table, Op.UPDATE), Error)
     assert ask(table, Op.LOOKUP, Service.ALIAS, "root") == Found("gilles@poolp.org")
 
 
@@ -184,9 +184,9 @@ def test_bad_file_at_start_is_an_error_table_not_an_exit(tmp_path: Path) -> None
     path = write(tmp_path, "a b\nc\n")
     table = MappingTable(path=path)
     reply = ask(table, Op.LOOKUP, Service.ALIAS, "a")
-    assert isinstance(reply, Failed) and f"{path}:2" in reply.reason
+    assert isinstance(reply, Error) and f"{path}:2" in reply.reason
     assert isinstance(ask(MappingTable(path=tmp_path / "missing"), Op.CHECK, Service.DOMAIN,
-                          "x"), Failed)
+                          "x"), Error)
     path.write_text("a b\n")
     assert ask(table, Op.UPDATE) == Updated()
     assert ask(table, Op.LOOKUP, Service.ALIAS, "a") == Found("b")
@@ -203,7 +203,7 @@ def test_services_can_be_restricted() -> None:
     table = MappingTable({"root": "x@example.org"}, services=["alias"])
     assert table.services == (Service.ALIAS,)
     assert ask(table, Op.LOOKUP, Service.ALIAS, "root") == Found("x@example.org")
-    assert isinstance(ask(table, Op.LOOKUP, Service.DOMAIN, "root"), Failed)
+    assert isinstance(ask(table, Op.LOOKUP, Service.DOMAIN, "root"), Error)
 
 
 def test_default_serves_every_service_but_auth() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from opensmtpd.table._posix_regex import EXACT
 from opensmtpd.table.match import (
     domain_match,
     mailaddr_match,
@@ -12,8 +13,7 @@ from opensmtpd.table.match import (
     netaddr_match,
     regex_match,
 )
-from opensmtpd.table.posix_regex import EXACT
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire.services import Service
 
 
 @pytest.mark.parametrize(("subject", "pattern", "expected"), [

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from opensmtpd.table import imsg, native, procexec2020
 from opensmtpd.table.driver import Driver
-from opensmtpd.table.events import Failed, Found, NotFound, Op, Updated
-from opensmtpd.table.runtime import detect
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import imsg, native, procexec2020
+from opensmtpd.table.wire.events import Error, Found, NotFound, Op, Updated
+from opensmtpd.table.wire.services import Service
 
 from .helpers import Started, pending
 
@@ -130,33 +129,6 @@ def read_imsg(driver: Driver, framer: imsg.Framer, timeout: float = 5.0) -> tupl
     return msg
 
 
-# --- detection ------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("prefix", "expected"), [
-    (b"config|smtpd-version|7.6.0-portable\n", "native"),
-    (b"config|", "native"),
-    (b"table|0.1|1590480000.000000|lookup|", "2020"),
-    (imsg.open_request("t"), "imsg"),
-    (imsg.open_request("t")[:4], "imsg"),
-])
-def test_detect(prefix: bytes, expected: str) -> None:
-    assert detect(prefix) == expected
-
-
-@pytest.mark.parametrize("prefix", [b"", b"c", b"confi", b"t", b"tabl", b"\x02", b"\x02\x00\x00"])
-def test_detect_undecided(prefix: bytes) -> None:
-    assert detect(prefix) is None
-
-
-@pytest.mark.parametrize("prefix", [
-    b"HELO", b"x", b"configure", b"tables", b"\x03\x00\x00\x00",  # CLOSE is no first message
-    imsg.request(Op.LOOKUP, Service.ALIAS, "root"), b"Config|",
-])
-def test_detect_impossible(prefix: bytes) -> None:
-    with pytest.raises(ValueError):
-        detect(prefix)
-
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_same_backend_serves_each_generation(start: Started,
                                              make_backend: Callable[..., Path],
@@ -264,8 +236,8 @@ def test_unknown_first_bytes_get_no_answer_and_no_exit(start: Started,
 def test_handler_that_raises_gives_an_error_and_the_next_request_is_answered(
         start: Started, make_backend: Callable[..., Path], protocol: str) -> None:
     driver = start(make_backend(BASIC), protocol=protocol)
-    assert isinstance(driver.lookup(Service.ALIAS, "boom"), Failed)
-    assert isinstance(driver.lookup(Service.ALIAS, "boom"), Failed)
+    assert isinstance(driver.lookup(Service.ALIAS, "boom"), Error)
+    assert isinstance(driver.lookup(Service.ALIAS, "boom"), Error)
     assert isinstance(driver.lookup(Service.ALIAS, "root"), Found)
     assert driver.close() == 0
     assert "RuntimeError" in start.stderr(driver)
@@ -275,14 +247,14 @@ def test_unregistered_service_is_an_error(start: Started,
                                           make_backend: Callable[..., Path]) -> None:
     driver = start(make_backend(BASIC), protocol="native")
     reply = driver.lookup(Service.USERINFO, "root")  # smtpd 7.6 sends it anyway (E13)
-    assert isinstance(reply, Failed) and reply.reason
+    assert isinstance(reply, Error) and reply.reason
     assert isinstance(driver.lookup(Service.ALIAS, "root"), Found)
 
 
 def test_unknown_imsg_service_number_is_an_error(start: Started,
                                                  make_backend: Callable[..., Path]) -> None:
     driver = start(make_backend(BASIC), protocol="imsg")
-    assert isinstance(driver.query(Op.LOOKUP, None, "root", service_code=0x4000), Failed)
+    assert isinstance(driver.query(Op.LOOKUP, None, "root", service_code=0x4000), Error)
     assert isinstance(driver.lookup(Service.ALIAS, "root"), Found)
 
 
@@ -293,7 +265,7 @@ def test_native_malformed_line_with_readable_id_gets_an_error_with_that_id(
     driver.send_raw(b"table|0.2|0.000000|test|lookup|alias|0badf00d|root\n")
     line = driver.read_line()
     reply = native.parse_reply(Op.LOOKUP, "0badf00d", line)  # the id is the one sent
-    assert isinstance(reply, Failed) and reply.reason
+    assert isinstance(reply, Error) and reply.reason
     assert driver.lookup(Service.ALIAS, "root") == Found("root@test.example.org")
     assert not pending(driver.fd, 0.1)
 
@@ -312,7 +284,7 @@ def test_imsg_malformed_request_is_answered_minus_one(
     bad = imsg.message(imsg.PROC_TABLE_LOOKUP, imsg.SERVICE_PARAMS.pack(1, 0) + b"no-nul", 0)
     driver.send_raw(bad)
     framer = imsg.Framer()
-    assert isinstance(imsg.parse_reply(Op.LOOKUP, *read_imsg(driver, framer)), Failed)
+    assert isinstance(imsg.parse_reply(Op.LOOKUP, *read_imsg(driver, framer)), Error)
     assert driver.lookup(Service.ALIAS, "root") == Found("root@test.example.org")
 
 
@@ -329,7 +301,7 @@ def test_handler_past_its_deadline(start: Started, make_backend: Callable[..., P
     began = time.monotonic()
     reply = driver.lookup(service, "block")  # the handler is blocked: only the watchdog answers
     elapsed = time.monotonic() - began
-    assert isinstance(reply, Failed)
+    assert isinstance(reply, Error)
     if protocol == "native":
         assert "deadline" in reply.reason
     assert 0.25 <= elapsed < 3.0  # Table(deadline=0.3); the handler would block for 10 s
@@ -346,7 +318,7 @@ def test_auth_password_not_logged_on_deadline_or_late_exception(
         start: Started, make_backend: Callable[..., Path], tmp_path: Path) -> None:
     release = tmp_path / "release"
     driver = start(make_backend(DEADLINE), protocol="native", config=str(release))
-    assert isinstance(driver.check(Service.AUTH, f"alice:{PASSWORD}"), Failed)
+    assert isinstance(driver.check(Service.AUTH, f"alice:{PASSWORD}"), Error)
     release.touch()  # the handler then raises with the key in its message
     assert not pending(driver.fd, 0.4)
     assert driver.close() == 0
@@ -451,7 +423,7 @@ table.run()
 def test_unencodable_answer_is_an_error_and_the_table_lives(
         start: Started, make_backend: Callable[..., Path]) -> None:
     driver = start(make_backend(HOSTILE), protocol="native")
-    assert isinstance(driver.lookup(Service.STRING, "x"), Failed)
+    assert isinstance(driver.lookup(Service.STRING, "x"), Error)
     assert driver.lookup(Service.ALIAS, "root") == Found("root@example.org")
 
 
@@ -463,7 +435,7 @@ def test_newline_in_auth_key_gets_one_reply_and_no_secret_in_the_log(
     crafted = (f"alice:{PASSWORD}\ntable|0.1|0|test|check|auth|00000000|alice:right-password")
     driver.send_raw(native.request(Op.CHECK, "test", "5e6f7a8b", Service.AUTH, crafted))
     reply = native.parse_reply(Op.CHECK, "5e6f7a8b", driver.read_line())
-    assert isinstance(reply, Failed)
+    assert isinstance(reply, Error)
     assert not pending(driver.fd, 0.3)  # nothing for the crafted "00000000" request
     assert driver.check(Service.AUTH, "alice:right-password") == Found()
     driver.close()
@@ -495,8 +467,51 @@ def test_async_handler_past_its_deadline_is_cancelled(
     not pile up (one per request) while the backend behind them is down."""
     driver = start(make_backend(HANGING_ASYNC), protocol=protocol)
     for number in range(3):
-        assert isinstance(driver.lookup(Service.ALIAS, f"k{number}"), Failed)
+        assert isinstance(driver.lookup(Service.ALIAS, f"k{number}"), Error)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and start.stderr(driver).count("released") < 3:
         time.sleep(0.05)
     assert start.stderr(driver).count("released") == 3, start.stderr(driver)
+
+
+# --- the runtime serves anything shaped like _runtime.Served, not only a Table ----------
+
+SERVED = """
+from opensmtpd.table._runtime import serve
+from opensmtpd.table.wire import Error, Found, Service
+
+class Minimal:
+    deadline = 2.0
+    services = (Service.ALIAS,)
+    protocol = None
+
+    def handshake(self, protocol, hello):
+        self.protocol = protocol
+        if hello is not None:
+            self.protocol += "-" + (hello.smtpd_version or "none")
+
+    def answer(self, request):
+        if request.key == "boom":
+            raise RuntimeError("answer() itself raised")
+        return Found(f"{request.key}@{self.protocol}.example.org")
+
+    def failure(self, request, exc):
+        return Error(f"failure: {type(exc).__name__}")
+
+serve(Minimal())
+"""
+
+
+@pytest.mark.parametrize(("protocol", "seen"), [("native", "native-7.9.0-portable"),
+                                                ("imsg", "imsg-none"), ("2020", "2020")])
+def test_the_runtime_serves_what_is_shaped_like_served(
+        start: Started, make_backend: Callable[..., Path], protocol: str, seen: str) -> None:
+    driver = start(make_backend(SERVED), protocol=protocol, smtpd_version="7.9.0-portable")
+    if protocol == "native":
+        assert driver.services == (Service.ALIAS,)
+    assert driver.lookup(Service.ALIAS, "root") == Found(f"root@{seen}.example.org")
+    reply = driver.lookup(Service.ALIAS, "boom")  # only native replies carry a reason
+    assert isinstance(reply, Error)
+    if protocol == "native":
+        assert reply == Error("failure: RuntimeError")
+    assert driver.close() == 0

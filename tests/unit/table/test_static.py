@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opensmtpd.table.match import MATCHERS, ascii_lower, exact_match, parse_netaddr
-from opensmtpd.table.services import Service
 from opensmtpd.table.static import StaticEntries
+from opensmtpd.table.wire.services import Service
 
 
 def smtpd_scan(entries: dict[str, str], service: Service, key: str) -> str | None:

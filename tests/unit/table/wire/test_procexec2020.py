@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from opensmtpd.table import procexec2020
-from opensmtpd.table.events import Failed, Found, Malformed, NotFound, Op, Request, Updated
-from opensmtpd.table.procexec2020 import TableSide, parse_reply, parse_request
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import procexec2020
+from opensmtpd.table.wire.events import (
+    Answer,
+    Error,
+    Found,
+    Malformed,
+    NotFound,
+    Op,
+    Open,
+    Ready,
+    Registered,
+    Request,
+    Updated,
+)
+from opensmtpd.table.wire.procexec2020 import TableSide, parse_reply, parse_request
+from opensmtpd.table.wire.services import Service
 
 TS = "1590480000.123456"
 ID = "0000002a5f3c9e11"
@@ -126,10 +138,10 @@ def test_request_builder_is_the_procexec_shape() -> None:
     (Op.LOOKUP, Found("gilles@poolp.org"), f"table-result|{ID}|found|gilles@poolp.org\n"),
     (Op.LOOKUP, NotFound(), f"table-result|{ID}|not-found\n"),
     (Op.FETCH, Found("127.0.0.1"), f"table-result|{ID}|found|127.0.0.1\n"),
-    (Op.LOOKUP, Failed("anything"), f"table-result|{ID}|failure\n"),
-    (Op.CHECK, Failed("anything"), f"table-result|{ID}|failure\n"),
+    (Op.LOOKUP, Error("anything"), f"table-result|{ID}|failure\n"),
+    (Op.CHECK, Error("anything"), f"table-result|{ID}|failure\n"),
     (Op.UPDATE, Updated(), f"table-result|{ID}|updated\n"),
-    (Op.UPDATE, Failed("x"), f"table-result|{ID}|failure\n"),
+    (Op.UPDATE, Error("x"), f"table-result|{ID}|failure\n"),
     # replies that do not fit their op are failures, never a wrong success
     (Op.UPDATE, NotFound(), f"table-result|{ID}|failure\n"),
     (Op.LOOKUP, Updated(), f"table-result|{ID}|failure\n"),
@@ -137,7 +149,7 @@ def test_request_builder_is_the_procexec_shape() -> None:
     (Op.LOOKUP, Found("a\nb"), f"table-result|{ID}|failure\n"),
 ])
 def test_reply_encoding(op: Op, reply: object, expected: str) -> None:
-    assert TableSide.reply(op, ID, reply) == expected.encode()  # type: ignore[arg-type]
+    assert TableSide().send(Answer(op, ID, reply)) == expected.encode()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("op", "rest", "expected"), [
@@ -166,7 +178,7 @@ def test_parse_reply(op: Op, rest: str, expected: object) -> None:
 ])
 def test_parse_reply_failures(op: Op, line: str) -> None:
     # procexec maps anything unexpected to -1; it never exits
-    assert isinstance(parse_reply(op, ID, line), Failed)
+    assert isinstance(parse_reply(op, ID, line), Error)
 
 
 def test_stream_split_and_coalesced() -> None:
@@ -180,3 +192,63 @@ def test_stream_split_and_coalesced() -> None:
     assert first == Request(Op.LOOKUP, ID, "", Service.ALIAS, "root", "alias")
     assert second == Request(Op.UPDATE, "00000000000000ff", "")
     assert side.next_event() is None
+
+
+# --- smtpd's end: SmtpdSide ------------------------------------------------------------
+
+def test_smtpd_side_has_no_handshake() -> None:
+    side = procexec2020.SmtpdSide()
+    assert side.next_event() is None
+    assert side.send(Open("t")) == b""
+    assert side.next_event() == Registered(())
+    assert side.next_event() is None
+
+
+@pytest.mark.parametrize(("form", "expected"), [
+    ("named", f"table|0.1|{TS}|aliases|lookup|{ID}|alias|root\n"),
+    ("unnamed", f"table|0.1|{TS}|lookup|{ID}|alias|root\n"),
+])
+def test_smtpd_side_forms(form: str, expected: str) -> None:
+    side = procexec2020.SmtpdSide(form, clock=lambda: float(TS))
+    side.send(Open("aliases"))
+    request = Request(Op.LOOKUP, ID, "aliases", Service.ALIAS, "root", "alias")
+    assert side.send(request) == expected.encode()
+    table = TableSide()
+    table.receive_data(expected.encode())
+    assert table.next_event() == (request if form == "named"
+                                  else Request(Op.LOOKUP, ID, "", Service.ALIAS, "root", "alias"))
+
+
+def test_smtpd_side_unknown_form() -> None:
+    with pytest.raises(ValueError):
+        procexec2020.SmtpdSide("sideways")
+
+
+def test_smtpd_side_judges_as_procexec_did() -> None:
+    """Anything unexpected is an error reply (-1 to smtpd), never an exception."""
+    side = procexec2020.SmtpdSide()
+    side.send(Request(Op.LOOKUP, ID, "t", Service.ALIAS, "root", "alias"))
+    side.send(Request(Op.LOOKUP, "00000000000000ff", "t", Service.ALIAS, "root", "alias"))
+    side.send(Request(Op.UPDATE, "00000000000000fe", "t"))
+    side.receive_data(f"table-result|{ID}|found|gilles\n".encode()
+                      + b"table-result|0000000000000000|found|x\n"  # another id
+                      + b"table-result|00000000000000fe|updat")
+    assert side.next_event() == Answer(Op.LOOKUP, ID, Found("gilles"))
+    answer = side.next_event()
+    assert isinstance(answer, Answer) and isinstance(answer.reply, Error)
+    assert answer.id == "00000000000000ff"
+    assert side.next_event() is None
+    side.receive_data(b"ed\n")
+    assert side.next_event() == Answer(Op.UPDATE, "00000000000000fe", Updated())
+
+
+def test_smtpd_side_keeps_an_early_line_for_the_next_request() -> None:
+    side = procexec2020.SmtpdSide()
+    side.receive_data(f"table-result|{ID}|not-found\n".encode())
+    assert side.next_event() is None
+    side.send(Request(Op.CHECK, ID, "t", Service.DOMAIN, "x", "domain"))
+    assert side.next_event() == Answer(Op.CHECK, ID, NotFound())
+
+
+def test_table_side_sends_nothing_for_ready() -> None:
+    assert TableSide().send(Ready((Service.ALIAS,))) == b""

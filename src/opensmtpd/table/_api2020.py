@@ -11,7 +11,8 @@
 Callbacks answer by calling a reply function with their token; the answer may also
 come later from another thread, within the deadline. Unlike the seed, the same file
 runs on smtpd 6.8 (imsg), 7.6+ (native) and the 2020 dialect, and a callback that
-raises or never answers yields a temporary error instead of killing smtpd.
+raises or never answers yields a temporary error instead of killing smtpd. Built on
+``Table``: ``failure(token)`` makes the request's handler raise TempFail.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .backend import DEFAULT_DEADLINE, Table, TempFail
-from .events import Failed, Op, Request
-from .services import ALL_BUT_AUTH
+from ._table import DEFAULT_DEADLINE, Table, TempFail
+from .wire.events import Op, Request
+from .wire.services import ALL_BUT_AUTH
 
 log = logging.getLogger("opensmtpd.table")
 
@@ -60,7 +61,8 @@ def boolean(token: str, found: bool) -> None:
     if slot is None or slot.request.op is Op.CHECK:
         _answer(token, bool(found))
     elif found:
-        _answer(token, Failed(f"boolean(True) cannot answer a {slot.request.op}: use result()"))
+        _answer(token, TempFail(f"boolean(True) cannot answer a {slot.request.op}: use "
+                                "result()"))
     else:
         _answer(token, None)
 
@@ -77,7 +79,7 @@ def result(token: str, *values: str | None) -> None:
 
 def failure(token: str) -> None:
     """Answer with a temporary failure (smtpd answers 4xx; the sender retries)."""
-    _answer(token, Failed("failure"))
+    _answer(token, TempFail("failure"))
 
 
 def updated(token: str) -> None:
@@ -124,6 +126,8 @@ def _call(op: Op, request: Request) -> Any:
             with _answered:
                 while not slot.done:  # the runtime's deadline bounds this wait
                     _answered.wait()
+        if isinstance(slot.result, TempFail):  # failure(token): the one way to fail, raising
+            raise slot.result
         return slot.result
     finally:
         _slots.pop(request.id, None)

@@ -6,10 +6,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opensmtpd.table import native
-from opensmtpd.table.events import Failed, Found, Hello, Malformed, NotFound, Op, Request, Updated
-from opensmtpd.table.native import ProtocolViolation, TableSide, parse_reply, parse_request
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire import native
+from opensmtpd.table.wire.events import (
+    Answer,
+    Error,
+    Found,
+    Hello,
+    Malformed,
+    NotFound,
+    Op,
+    Open,
+    Ready,
+    Registered,
+    Request,
+    Updated,
+)
+from opensmtpd.table.wire.native import ProtocolViolation, TableSide, parse_reply, parse_request
+from opensmtpd.table.wire.services import Service
 from opensmtpd.wire import MAX_LINE
 
 TS = "1715000000.123456"
@@ -76,7 +89,8 @@ def test_id_is_opaque_and_echoed_verbatim() -> None:
     event = parse_request(f"table|0.1|{TS}|t|lookup|alias|00c0ffee|root")
     assert isinstance(event, Request)
     assert event.id == "00c0ffee"  # leading zeros kept: not parsed as a number
-    assert TableSide.reply(event.op, event.id, Found("x")) == b"lookup-result|00c0ffee|found|x\n"
+    assert (TableSide().send(Answer(event.op, event.id, Found("x")))
+            == b"lookup-result|00c0ffee|found|x\n")
 
 
 def test_unknown_service_name_is_kept_raw() -> None:
@@ -185,16 +199,16 @@ def test_request_during_handshake_is_malformed() -> None:
 
 
 def test_registration_bytes() -> None:
-    assert TableSide.registration([Service.ALIAS, Service.DOMAIN]) == (
+    assert TableSide().send(Ready((Service.ALIAS, Service.DOMAIN))) == (
         b"register|alias\nregister|domain\nregister|ready\n")
-    assert TableSide.registration([Service.AUTH, Service.AUTH]) == (
+    assert TableSide().send(Ready((Service.AUTH, Service.AUTH))) == (
         b"register|auth\nregister|ready\n")
 
 
 def test_registering_nothing_is_refused() -> None:
     # smtpd: "no services registered" -> fatal (§3.2)
     with pytest.raises(ValueError):
-        TableSide.registration([])
+        TableSide().send(Ready(()))
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -220,20 +234,20 @@ def test_parse_registration_violations(line: str) -> None:
     (Op.CHECK, Found(), b"check-result|0a1b2c3d|found\n"),
     (Op.CHECK, Found("ignored"), b"check-result|0a1b2c3d|found\n"),
     (Op.CHECK, NotFound(), b"check-result|0a1b2c3d|not-found\n"),
-    (Op.CHECK, Failed("backend down"), b"check-result|0a1b2c3d|error|backend down\n"),
+    (Op.CHECK, Error("backend down"), b"check-result|0a1b2c3d|error|backend down\n"),
     (Op.LOOKUP, Found("gilles@poolp.org"), b"lookup-result|0a1b2c3d|found|gilles@poolp.org\n"),
     (Op.LOOKUP, Found("a|b"), b"lookup-result|0a1b2c3d|found|a|b\n"),
     (Op.LOOKUP, NotFound(), b"lookup-result|0a1b2c3d|not-found\n"),
-    (Op.LOOKUP, Failed("x"), b"lookup-result|0a1b2c3d|error|x\n"),
+    (Op.LOOKUP, Error("x"), b"lookup-result|0a1b2c3d|error|x\n"),
     # fetch-result, not the man page's lookup-result (§3.4)
     (Op.FETCH, Found("127.0.0.1"), b"fetch-result|0a1b2c3d|found|127.0.0.1\n"),
     (Op.FETCH, NotFound(), b"fetch-result|0a1b2c3d|not-found\n"),
-    (Op.FETCH, Failed("x"), b"fetch-result|0a1b2c3d|error|x\n"),
+    (Op.FETCH, Error("x"), b"fetch-result|0a1b2c3d|error|x\n"),
     (Op.UPDATE, Updated(), b"update-result|0a1b2c3d|ok\n"),
-    (Op.UPDATE, Failed("reload failed"), b"update-result|0a1b2c3d|error|reload failed\n"),
+    (Op.UPDATE, Error("reload failed"), b"update-result|0a1b2c3d|error|reload failed\n"),
 ])
 def test_reply_encoding(op: Op, reply: object, expected: bytes) -> None:
-    assert TableSide.reply(op, "0a1b2c3d", reply) == expected  # type: ignore[arg-type]
+    assert TableSide().send(Answer(op, "0a1b2c3d", reply)) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("op", "reply"), [
@@ -247,20 +261,20 @@ def test_reply_encoding(op: Op, reply: object, expected: bytes) -> None:
     (Op.UPDATE, NotFound()),           # update not-found is fatal in smtpd
 ])
 def test_reply_that_does_not_fit_becomes_an_error_line(op: Op, reply: object) -> None:
-    data = TableSide.reply(op, "0000000a", reply)  # type: ignore[arg-type]
+    data = TableSide().send(Answer(op, "0000000a", reply))  # type: ignore[arg-type]
     assert data.startswith(f"{op.value}-result|0000000a|error|".encode())
     assert data.count(b"\n") == 1 and data.endswith(b"\n")
-    assert isinstance(parse_reply(op, "0000000a", data.decode().rstrip("\n")), Failed)
+    assert isinstance(parse_reply(op, "0000000a", data.decode().rstrip("\n")), Error)
 
 
 def test_error_reason_is_flattened_to_one_line() -> None:
-    data = TableSide.reply(Op.LOOKUP, "0000000a", Failed("line one\nline two\r\n\tthree"))
+    data = TableSide().send(Answer(Op.LOOKUP, "0000000a", Error("line one\nline two\r\n\tthree")))
     assert data == b"lookup-result|0000000a|error|line one line two three\n"
 
 
 def test_error_always_carries_a_message() -> None:
     # smtpd-tables(7): the message is mandatory
-    data = TableSide.reply(Op.CHECK, "0000000a", Failed(""))
+    data = TableSide().send(Answer(Op.CHECK, "0000000a", Error("")))
     assert data.startswith(b"check-result|0000000a|error|")
     assert len(data) > len(b"check-result|0000000a|error|\n")
 
@@ -271,20 +285,20 @@ def test_error_always_carries_a_message() -> None:
     (Op.LOOKUP, "found|v", Found("v")),
     (Op.LOOKUP, "found|a|b", Found("a|b")),
     (Op.LOOKUP, "not-found", NotFound()),
-    (Op.LOOKUP, "error", Failed("")),
-    (Op.LOOKUP, "error|boom", Failed("boom")),
-    (Op.LOOKUP, "errorX", Failed("")),          # strncmp(r, "error", 5)
+    (Op.LOOKUP, "error", Error("")),
+    (Op.LOOKUP, "error|boom", Error("boom")),
+    (Op.LOOKUP, "errorX", Error("")),          # strncmp(r, "error", 5)
     (Op.FETCH, "found|127.0.0.1", Found("127.0.0.1")),
-    (Op.FETCH, "error|x", Failed("x")),
+    (Op.FETCH, "error|x", Error("x")),
     (Op.CHECK, "found", Found()),
     (Op.CHECK, "found|extra-value", Found()),   # strncmp(r, "found", 5): accepted (E05)
     (Op.CHECK, "not-found", NotFound()),
-    (Op.CHECK, "error|x", Failed("x")),
-    (Op.CHECK, "errorX", Failed("")),           # E11
+    (Op.CHECK, "error|x", Error("x")),
+    (Op.CHECK, "errorX", Error("")),           # E11
     (Op.UPDATE, "ok", Updated()),
-    (Op.UPDATE, "error", Failed("")),
-    (Op.UPDATE, "error|reload failed", Failed("reload failed")),
-    (Op.UPDATE, "errorX", Failed("")),          # strncmp(r, "error", 5) in update too
+    (Op.UPDATE, "error", Error("")),
+    (Op.UPDATE, "error|reload failed", Error("reload failed")),
+    (Op.UPDATE, "errorX", Error("")),          # strncmp(r, "error", 5) in update too
 ])
 def test_parse_reply_accepts_what_smtpd_accepts(op: Op, rest: str, expected: object) -> None:
     assert parse_reply(op, "0a1b2c3d", f"{op.value}-result|0a1b2c3d|{rest}") == expected
@@ -372,13 +386,145 @@ def test_any_key_round_trips_exactly(raw: bytes, op: Op, service: Service,
        reply=st.one_of(
            st.builds(Found, st.one_of(st.none(), st.text(max_size=50))),
            st.builds(NotFound), st.builds(Updated),
-           st.builds(Failed, st.text(max_size=50))))
+           st.builds(Error, st.text(max_size=50))))
 def test_every_encoded_reply_is_one_line_smtpd_accepts(op: Op, request_id: str,
                                                        reply: object) -> None:
-    data = TableSide.reply(op, request_id, reply)  # type: ignore[arg-type]
+    data = TableSide().send(Answer(op, request_id, reply))  # type: ignore[arg-type]
     assert data.endswith(b"\n") and data.count(b"\n") == 1
     judged = parse_reply(op, request_id, data[:-1].decode("utf-8", "surrogateescape"))
     if isinstance(reply, Found) and op is Op.LOOKUP and reply.value and "\n" not in reply.value:
         assert judged == reply
-    if isinstance(reply, Failed):
-        assert isinstance(judged, Failed)
+    if isinstance(reply, Error):
+        assert isinstance(judged, Error)
+
+
+# --- smtpd's end: SmtpdSide ------------------------------------------------------------
+
+def smtpd_side(*services: str) -> native.SmtpdSide:
+    """An SmtpdSide past the handshake, the table having registered ``services``."""
+    side = native.SmtpdSide()
+    assert side.send(Open("t", "7.9.0-portable")) == native.handshake("t", "7.9.0-portable")
+    side.receive_data("".join(f"register|{s}\n" for s in services).encode()
+                      + b"register|ready\n")
+    assert side.next_event() == Registered(tuple(Service(s) for s in services))
+    return side
+
+
+def test_smtpd_side_handshake_in_pieces() -> None:
+    side = native.SmtpdSide()
+    side.send(Open("aliases"))
+    for piece in (b"regis", b"ter|alias\nregister|dom", b"ain\nregister|rea"):
+        side.receive_data(piece)
+        assert side.next_event() is None
+    side.receive_data(b"dy\n")
+    assert side.next_event() == Registered((Service.ALIAS, Service.DOMAIN))
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (b"register|ready\n", "no services registered"),
+    (b"register|alias\nregistr|ready\n", "invalid handshake reply"),
+    (b"register|none\n", "unknown service"),
+    (b"lookup-result|00000001|found|x\n", "invalid handshake reply"),
+])
+def test_smtpd_side_handshake_violations(lines: bytes, message: str) -> None:
+    side = native.SmtpdSide()
+    side.send(Open("t"))
+    side.receive_data(lines)
+    with pytest.raises(ProtocolViolation, match=message):
+        while side.next_event() is None:
+            pass
+
+
+def test_smtpd_side_sends_requests_as_smtpd_does() -> None:
+    side = native.SmtpdSide(clock=lambda: 1700000000.5)
+    smtpd = smtpd_side("alias")
+    assert smtpd.send(Request(Op.LOOKUP, "0000000a", "t", Service.ALIAS, "root", "alias")) == (
+        native.request(Op.LOOKUP, "t", "0000000a", Service.ALIAS, "root"))
+    side.send(Open("t"))
+    side.receive_data(b"register|alias\nregister|ready\n")
+    side.next_event()
+    assert side.send(Request(Op.FETCH, "0000000b", "t", Service.SOURCE)) == (
+        b"table|0.1|1700000000.500000|t|fetch|source|0000000b\n")
+    # a service no smtpd has goes out by its wire name (raw_service)
+    assert side.send(Request(Op.LOOKUP, "0000000c", "t", None, "k", "nosuch")) == (
+        b"table|0.1|1700000000.500000|t|lookup|nosuch|0000000c|k\n")
+
+
+def test_smtpd_side_answers_in_the_order_sent() -> None:
+    side = smtpd_side("alias", "domain")
+    side.send(Request(Op.LOOKUP, "0000000a", "t", Service.ALIAS, "root"))
+    side.send(Request(Op.CHECK, "0000000b", "t", Service.DOMAIN, "example.org"))
+    side.receive_data(b"lookup-result|0000000a|found|gilles\ncheck-res")
+    assert side.next_event() == Answer(Op.LOOKUP, "0000000a", Found("gilles"))
+    assert side.next_event() is None
+    side.receive_data(b"ult|0000000b|error|down\n")
+    assert side.next_event() == Answer(Op.CHECK, "0000000b", Error("down"))
+    assert side.next_event() is None
+
+
+def test_smtpd_side_wrong_id_is_a_violation() -> None:
+    side = smtpd_side("alias")
+    side.send(Request(Op.LOOKUP, "0000000a", "t", Service.ALIAS, "root"))
+    side.receive_data(b"lookup-result|0000000b|found|x\n")
+    with pytest.raises(ProtocolViolation, match="failed to parse reply"):
+        side.next_event()
+
+
+def test_smtpd_side_reads_an_unsolicited_line_as_the_next_reply() -> None:
+    """smtpd reads one line per request: a line sent while nothing was asked is what it
+    reads for its next request, whose id it cannot carry (fatal then, not before)."""
+    side = smtpd_side("alias")
+    side.receive_data(b"lookup-result|0000000a|found|x\n")
+    assert side.next_event() is None  # nothing asked: left for the next request
+    side.send(Request(Op.LOOKUP, "0000000b", "t", Service.ALIAS, "root"))
+    with pytest.raises(ProtocolViolation):
+        side.next_event()
+
+
+def test_smtpd_side_refuses_requests_before_registration() -> None:
+    side = native.SmtpdSide()
+    with pytest.raises(ValueError):
+        side.send(Request(Op.UPDATE, "0000000a", "t"))
+    side.send(Open("t"))
+    with pytest.raises(ValueError):
+        side.send(Request(Op.UPDATE, "0000000a", "t"))
+    with pytest.raises(ValueError):
+        side.send(Open("t"))
+
+
+@pytest.mark.parametrize("reply", [Found("v@example.org"), NotFound(), Error("down"),
+                                   Found("a\nb"), Updated()])
+@pytest.mark.parametrize("op", list(Op))
+def test_both_ends_round_trip(op: Op, reply: object) -> None:
+    """The table's end answers what smtpd's end sent; smtpd's end reads what it meant
+    (or an error, never a violation: the table's end only writes what smtpd parses)."""
+    table, smtpd = TableSide(), native.SmtpdSide()
+    table.receive_data(smtpd.send(Open("t")))
+    hello = table.next_event()
+    assert isinstance(hello, Hello)
+    smtpd.receive_data(table.send(Ready((Service.ALIAS,))))
+    assert smtpd.next_event() == Registered((Service.ALIAS,))
+    key = "root" if op in (Op.CHECK, Op.LOOKUP) else None
+    service = Service.ALIAS if op is not Op.UPDATE else None
+    table.receive_data(smtpd.send(Request(op, "0000000a", "t", service, key,
+                                          "alias" if service else "")))
+    request = table.next_event()
+    assert isinstance(request, Request) and request.key == key
+    smtpd.receive_data(table.send(Answer(request.op, request.id,
+                                         reply)))  # type: ignore[arg-type]
+    answer = smtpd.next_event()
+    assert isinstance(answer, Answer) and answer.id == "0000000a"
+    fits = {Op.UPDATE: (Updated,), Op.CHECK: (Found, NotFound), Op.LOOKUP: (Found, NotFound),
+            Op.FETCH: (Found, NotFound)}[op]
+    unwritable = reply == Found("a\nb") and op is not Op.CHECK  # a value with a newline
+    if isinstance(reply, Error) or not isinstance(reply, fits) or unwritable:
+        assert isinstance(answer.reply, Error)
+    elif op is Op.CHECK and isinstance(reply, Found):
+        assert answer.reply == Found()
+    else:
+        assert answer.reply == reply
+
+
+def test_table_side_send_refuses_other_events() -> None:
+    with pytest.raises(TypeError):
+        TableSide().send(Open("t"))  # type: ignore[arg-type]

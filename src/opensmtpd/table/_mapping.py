@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .backend import Table, TempFail
-from .events import Op, Request
+from ._table import Table, TempFail
 from .match import ascii_lower
-from .services import ALL_BUT_AUTH, Service
 from .static import StaticEntries
+from .wire.events import Op, Request
+from .wire.services import ALL_BUT_AUTH, Service
 
 log = logging.getLogger("opensmtpd.table")
 _SEPARATORS = " \t:"
@@ -138,8 +138,9 @@ class MappingTable(Table):
         return self._entries().check(request.service, key)
 
     def _lookup(self, key: str, request: Request) -> str | None:
-        assert request.service is not None
-        return self._entries().lookup(request.service, key)
+        if self.error is not None:  # _entries(), inlined: the hot path
+            raise TempFail(self.error)
+        return self.static.lookup(request.service, key)  # type: ignore[arg-type]
 
     def _fetch(self, request: Request) -> str | None:
         return self._entries().fetch()

@@ -10,17 +10,22 @@ PROC_TABLE_FAIL, on a wrong payload size, on a value without NUL.
 from __future__ import annotations
 
 import struct
+from collections import deque
 
-from ..wire import ENCODING, ERRORS, ProtocolViolation, decode, encode
+from ...wire import ENCODING, ERRORS, ProtocolViolation, decode, encode
 from .events import (
+    Answer,
+    Error,
     Event,
-    Failed,
     Found,
     Hello,
     Ignored,
     Malformed,
     NotFound,
     Op,
+    Open,
+    Ready,
+    Registered,
     Reply,
     Request,
     Updated,
@@ -173,11 +178,14 @@ class TableSide:
             return Malformed("key is empty or not NUL-terminated", request_id, op)
         return Request(op, request_id, self.table, service, decode(rest[:-1]), raw_service)
 
-    def opened(self) -> bytes:
-        return message(PROC_TABLE_OK, b"", self.pid)
-
-    def reply(self, op: Op, request_id: str, reply: Reply) -> bytes:
-        """Encode a reply; one that does not fit ``op`` or the frame becomes -1."""
+    def send(self, event: Answer | Ready) -> bytes:
+        """The bytes for smtpd: an Answer's reply, or Ready's OPEN acknowledgement. A
+        reply that does not fit ``op`` or the frame becomes -1 (imsg has no error text)."""
+        if type(event) is not Answer:
+            if isinstance(event, Ready):
+                return message(PROC_TABLE_OK, b"", self.pid)
+            raise TypeError(f"a table sends Answer or Ready, not {type(event).__name__}")
+        op, _, reply = event
         if type(reply) is Found and op is _LOOKUP and self._cache_pid == self.pid:
             encoded = self._values.get(reply.value)  # type: ignore[arg-type]
             if encoded is not None:  # sent before: the same bytes again
@@ -222,6 +230,67 @@ class TableSide:
 # --- smtpd's end (table_proc.c @ 6.8) ---
 
 
+class SmtpdSide:
+    """smtpd's end: ``send(Open(...))`` then ``send(Request(...))``; ``next_event()`` gives
+    ``Registered(())`` for the OPEN acknowledgement, then an ``Answer`` per request in the
+    order sent (imsg has no ids: the Answer carries the id of the Request it answers).
+    What would make smtpd exit raises ProtocolViolation (§1.6). A message that arrives
+    while nothing is asked stays buffered: smtpd reads it as its next reply.
+
+    A Request whose ``service`` is None goes out with the number in its ``raw_service``
+    (``0x4000``: a service no smtpd has), as the table side reads it back.
+    """
+
+    def __init__(self, pid: int = 0) -> None:
+        self._framer = Framer()
+        self._sent: deque[tuple[Op, str]] = deque()
+        self.pid = pid
+        self.state = "new"  # then "handshake" (OPEN sent), "ready" (acknowledged)
+
+    def receive_data(self, data: bytes) -> None:
+        self._framer.feed(data)
+
+    def send(self, event: Open | Request) -> bytes:
+        if isinstance(event, Open):
+            if self.state != "new":
+                raise ValueError("the handshake was sent already")
+            self.state = "handshake"
+            return open_request(event.table, self.pid)
+        if self.state != "ready":
+            raise ValueError("smtpd sends no request before the OPEN acknowledgement")
+        self._sent.append((event.op, event.id))
+        return request(event.op, event.service, event.key, self.pid, _code(event))
+
+    def next_event(self) -> Registered | Answer | None:
+        if self.state == "new" or (self.state == "ready" and not self._sent):
+            return None
+        try:
+            msg = self._framer.next_message()
+        except ValueError as exc:  # imsg_get fails on it: fatal
+            raise ProtocolViolation(str(exc)) from None
+        if msg is None:
+            return None
+        if self.state == "handshake":
+            parse_reply(None, *msg)
+            self.state = "ready"
+            return Registered(())
+        op, request_id = self._sent.popleft()
+        reply = parse_reply(op, *msg)
+        assert reply is not None
+        return Answer(op, request_id, reply)
+
+
+def _code(event: Request) -> int | None:
+    """The service number of a request whose service this library does not know."""
+    if event.service is not None or not event.raw_service.startswith("0x"):
+        return None
+    try:
+        return int(event.raw_service, 16)
+    except ValueError:
+        return None
+
+
+
 def open_request(table: str, pid: int = 0, version: int = API_VERSION) -> bytes:
     return message(PROC_TABLE_OPEN, OPEN_PARAMS.pack(version, encode(table)[: LINE_MAX - 1]), pid)
 
@@ -259,9 +328,9 @@ def parse_reply(op: Op | None, msg_type: int, payload: bytes) -> Reply | None:
     if r not in (-1, 0, 1):
         raise ProtocolViolation(f"result {r} is not -1, 0 or 1")
     if r == -1:
-        return Failed("-1")
+        return Error("-1")
     if op is Op.UPDATE:
-        return Updated() if r == 1 else Failed("update returned 0")
+        return Updated() if r == 1 else Error("update returned 0")
     if r == 0:
         return NotFound()
     return Found(decode(rest.split(b"\0", 1)[0]) if op in (Op.LOOKUP, Op.FETCH) else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opensmtpd.table.services import (
+from opensmtpd.table.wire.services import (
     ALL_BUT_AUTH,
     InvalidValue,
     Service,

@@ -15,8 +15,25 @@ Replies: ``table-result|<id>|updated|found|not-found|failure`` or ``found|<value
 
 from __future__ import annotations
 
-from ..wire import LineBuffer, decode, encode
-from .events import Event, Failed, Found, Malformed, NotFound, Op, Reply, Request, Updated
+from collections import deque
+from collections.abc import Callable
+
+from ...wire import LineBuffer, decode, encode
+from .events import (
+    Answer,
+    Error,
+    Event,
+    Found,
+    Malformed,
+    NotFound,
+    Op,
+    Open,
+    Ready,
+    Registered,
+    Reply,
+    Request,
+    Updated,
+)
 from .services import Service
 
 PROTOCOL_VERSION = "0.1"
@@ -77,34 +94,93 @@ class TableSide:
         return parse_request(line)
 
     @staticmethod
-    def reply(op: Op, request_id: str, reply: Reply) -> bytes:
-        head = f"table-result|{request_id}|"
-        if isinstance(reply, Updated) and op is Op.UPDATE:
-            return encode(head + "updated\n")
-        if op is not Op.UPDATE:
-            if isinstance(reply, NotFound):
-                return encode(head + "not-found\n")
-            if isinstance(reply, Found):
-                if op is Op.CHECK:
-                    return encode(head + "found\n")
-                if reply.value and "\n" not in reply.value:
-                    return encode(f"{head}found|{reply.value}\n")
-        return encode(head + "failure\n")
+    def send(event: Answer | Ready) -> bytes:
+        """An Answer's reply line; nothing for Ready (the dialect has no handshake)."""
+        if type(event) is Answer:
+            return reply_line(*event)
+        if isinstance(event, Ready):
+            return b""
+        raise TypeError(f"a table sends Answer or Ready, not {type(event).__name__}")
+
+
+def reply_line(op: Op, request_id: str, reply: Reply) -> bytes:
+    """``table-result|<id>|…``; a reply that does not fit ``op`` becomes ``failure``."""
+    head = f"table-result|{request_id}|"
+    if isinstance(reply, Updated) and op is Op.UPDATE:
+        return encode(head + "updated\n")
+    if op is not Op.UPDATE:
+        if isinstance(reply, NotFound):
+            return encode(head + "not-found\n")
+        if isinstance(reply, Found):
+            if op is Op.CHECK:
+                return encode(head + "found\n")
+            if reply.value and "\n" not in reply.value:
+                return encode(f"{head}found|{reply.value}\n")
+    return encode(head + "failure\n")
 
 
 # --- smtpd's end (table-procexec) ---
 
 
-def request(op: Op, request_id: str, service: Service | None = None, key: str | None = None,
-            timestamp: str = "0.000000", *, table: str | None = None) -> bytes:
-    """The named form when ``table`` is given (the article's), else the unnamed one."""
+class SmtpdSide:
+    """table-procexec's end: requests in the ``named`` form (the article's, with the table
+    name of each Request) or the ``unnamed`` one; ``next_event()`` gives ``Registered(())``
+    once ``Open`` was sent (the dialect has no handshake), then an ``Answer`` per request
+    in the order sent. Replies are judged as table-procexec judged them: anything
+    unexpected is an ``Error`` reply, never an exception. A line that arrives while
+    nothing is asked stays buffered, to be read as the next reply.
+
+    ``clock`` gives the requests' timestamps (seconds); without one they carry 0.
+    """
+
+    def __init__(self, form: str = "named", clock: Callable[[], float] | None = None) -> None:
+        if form not in FORMS:
+            raise ValueError(f"unknown 2020 form {form!r}; expected one of {', '.join(FORMS)}")
+        self.form = form
+        self._lines = LineBuffer()
+        self._clock = clock
+        self._sent: deque[tuple[Op, str]] = deque()
+        self._opened = False
+
+    def receive_data(self, data: bytes) -> None:
+        self._lines.feed(data)
+
+    def send(self, event: Open | Request) -> bytes:
+        if isinstance(event, Open):
+            self._opened = True
+            return b""
+        timestamp = f"{self._clock():.6f}" if self._clock is not None else "0.000000"
+        self._sent.append((event.op, event.id))
+        return request(event.op, event.id, event.service or event.raw_service, event.key,
+                       timestamp, table=event.table if self.form == "named" else None)
+
+    def next_event(self) -> Registered | Answer | None:
+        if self._opened:
+            self._opened = False
+            return Registered(())
+        if not self._sent:
+            return None
+        raw = self._lines.next_line()
+        if raw is None:
+            return None
+        op, request_id = self._sent.popleft()
+        return Answer(op, request_id, parse_reply(op, request_id, decode(raw)))
+
+
+
+def request(op: Op, request_id: str, service: Service | str | None = None,
+            key: str | None = None, timestamp: str = "0.000000", *,
+            table: str | None = None) -> bytes:
+    """The named form when ``table`` is given (the article's), else the unnamed one;
+    ``service`` may be a name no smtpd has (a str)."""
     named = "" if table is None else f"{table}|"
     head = f"table|{PROTOCOL_VERSION}|{timestamp}|{named}{op.value}|{request_id}"
     if op is Op.UPDATE:
         return encode(head + "\n")
     assert service is not None
+    name = service.value if isinstance(service, Service) else service
     tail = f"|{key}" if op in (Op.CHECK, Op.LOOKUP) else ""
-    return encode(f"{head}|{service.value}{tail}\n")
+    return encode(f"{head}|{name}{tail}\n")
 
 
 def parse_reply(op: Op, request_id: str, line: str) -> Reply:
@@ -114,7 +190,7 @@ def parse_reply(op: Op, request_id: str, line: str) -> Reply:
         if line.startswith(prefix):
             break
     else:
-        return Failed(f"unexpected reply {line[:80]!r}")
+        return Error(f"unexpected reply {line[:80]!r}")
     rest = line[len(prefix):]
     if rest == "updated" and op is Op.UPDATE:
         return Updated()
@@ -124,4 +200,4 @@ def parse_reply(op: Op, request_id: str, line: str) -> Reply:
         return Found()
     if rest.startswith("found|") and rest[6:] and op in (Op.LOOKUP, Op.FETCH):
         return Found(rest[6:])
-    return Failed("failure" if rest == "failure" else f"unexpected reply {rest[:40]!r}")
+    return Error("failure" if rest == "failure" else f"unexpected reply {rest[:40]!r}")

@@ -8,6 +8,8 @@ request at a time). A watchdog answers a request whose handler misses its deadli
 with an error and starts a fresh reader, abandoning the stuck thread; its late result
 is dropped. Async handlers run on an asyncio loop in another thread; on protocols with
 request ids (native, 2020) several may be in flight, on imsg they are answered in order.
+
+The table is anything shaped like ``Served`` (``Table`` is): this module never imports it.
 """
 
 from __future__ import annotations
@@ -22,47 +24,51 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from ..smtpd_version import parse_smtpd_version
-from ..stdio import private_stdout, relabel_logging, setup_logging
-from . import imsg, native, procexec2020
-from .backend import Table, describe
-from .events import REPLY_TYPES, Event, Failed, Hello, Ignored, Malformed, Op, Reply, Request
+from ..stdio import private_stdout, read_some, relabel_logging, setup_logging, write_all
+from .wire import PROTOCOLS, detect, imsg, native, procexec2020
+from .wire.events import (
+    REPLY_TYPES,
+    Answer,
+    Error,
+    Event,
+    Hello,
+    Ignored,
+    Malformed,
+    Ready,
+    Reply,
+    Request,
+)
+from .wire.services import Service
 
 log = logging.getLogger("opensmtpd.table")
 
-PROTOCOLS = ("native", "imsg", "2020")
-_MAGIC = {"native": b"config|", "2020": b"table|", "imsg": imsg.HEADER.pack(
-    imsg.PROC_TABLE_OPEN, 0, 0, 0, 0)[:4]}
 MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
 # Async handlers in flight: past this many the reader stops reading until one ends (at
 # its deadline at the latest), so a burst of requests cannot grow memory (docs/limits.md).
 MAX_PENDING = 1024
 _monotonic = time.monotonic
+_answer = tuple.__new__  # _answer(Answer, (op, id, reply)): Answer(...) at a third of the cost
 
 
-def detect(prefix: bytes) -> str | None:
-    """The generation that starts with ``prefix``; None while undecided.
+class Served(Protocol):
+    """What the runtime needs of a table (``Table`` is one)."""
 
-    Raises ValueError when no generation starts like this.
-    """
-    undecided = False
-    for name, magic in _MAGIC.items():
-        if prefix.startswith(magic):
-            return name
-        if magic.startswith(prefix):
-            undecided = True
-    if undecided:
-        return None
-    raise ValueError(f"cannot tell the table protocol from the first bytes {prefix[:16]!r}")
+    deadline: float  # seconds a request may take before it is answered error
+
+    @property
+    def services(self) -> tuple[Service, ...]: ...  # what to register (smtpd >= 7.6)
+    def handshake(self, protocol: str, hello: Hello | None) -> None: ...
+    def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]: ...
+    def failure(self, request: Request, exc: BaseException) -> Error: ...
 
 
 class Codec(Protocol):
-    table: str
+    """A TableSide of opensmtpd.table.wire."""
 
     def receive_data(self, data: bytes) -> None: ...
     def next_event(self) -> Event | None: ...
     def discard(self) -> int: ...
-    def reply(self, op: Op, request_id: str, reply: Reply) -> bytes: ...
+    def send(self, event: Answer | Ready) -> bytes: ...
 
 
 def make_codec(protocol: str) -> Codec:
@@ -76,7 +82,7 @@ def make_codec(protocol: str) -> Codec:
 
 
 class Server:
-    def __init__(self, table: Table, *, protocol: str | None = None, infd: int = 0,
+    def __init__(self, table: Served, *, protocol: str | None = None, infd: int = 0,
                  outfd: int = 1) -> None:
         if protocol is not None and protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -96,23 +102,11 @@ class Server:
     # --- I/O ---
 
     def _write(self, data: bytes) -> None:
-        try:
-            written = os.write(self.outfd, data)  # a reply fits in one write, nearly always
-            if written == len(data):
-                return
-            view = memoryview(data)[written:]
-            while view:
-                view = view[os.write(self.outfd, view):]
-        except OSError as exc:
-            log.info("smtpd closed the connection (%s)", exc)
+        if not write_all(self.outfd, data):  # smtpd is gone
             self._done.set()
 
     def _read(self) -> bytes:
-        try:
-            return os.read(self.infd, 65536)
-        except OSError as exc:
-            log.info("read error on fd %d (%s): treating as EOF", self.infd, exc)
-            return b""
+        return read_some(self.infd)
 
     def _start(self, first: bytes) -> None:
         """Pick the codec from the first bytes (or the forced protocol)."""
@@ -132,8 +126,10 @@ class Server:
                     self._done.set()
                     return
                 data += more
-        self.protocol = self.table.protocol = protocol
+        self.protocol = protocol
+        self.table.handshake(protocol, None)
         self.codec = make_codec(protocol)
+        self._send = self.codec.send
         if protocol == "imsg" and _is_socket(self.infd):
             self.outfd = self.infd  # smtpd <= 7.5 gives one socket, on fd 0 only
         self.codec.receive_data(data)
@@ -161,7 +157,7 @@ class Server:
     def _reader(self, generation: int) -> None:
         codec = self.codec
         assert codec is not None
-        next_event, receive_data, read = codec.next_event, codec.receive_data, self._read
+        next_event, receive_data, infd = codec.next_event, codec.receive_data, self.infd
         done, dispatch = self._done, self._dispatch
         while not done.is_set():
             try:
@@ -171,13 +167,13 @@ class Server:
                           "dropped", type(exc).__name__, codec.discard())
                 continue
             if event is None:
-                data = read()
+                data = read_some(infd)  # self._read(), inlined: the hot path
                 if not data:
                     done.set()
                     return
                 receive_data(data)
                 continue
-            if isinstance(event, Request):
+            if type(event) is Request:
                 dispatch(event)
             else:
                 self._other(event)
@@ -189,14 +185,12 @@ class Server:
         if isinstance(event, Hello):
             if event.table:
                 relabel_logging(f"table {event.table}")
-            self.table.smtpd_version = parse_smtpd_version(event.smtpd_version)
-            if isinstance(self.codec, native.TableSide):
-                try:
-                    self._write(self.codec.registration(self.table.services))
-                except ValueError as exc:
-                    log.error("cannot register with smtpd: %s (add a handler)", exc)
-            elif isinstance(self.codec, imsg.TableSide):
-                self._write(self.codec.opened())
+            assert self.protocol is not None
+            self.table.handshake(self.protocol, event)
+            try:
+                self._write(self.codec.send(Ready(self.table.services)))
+            except ValueError as exc:
+                log.error("cannot register with smtpd: %s (add a handler)", exc)
             log.info("ready: %s protocol%s, serving %s", self.protocol,
                      f", smtpd {event.smtpd_version}" if event.smtpd_version else "",
                      ", ".join(self.table.services) or "nothing")
@@ -204,7 +198,8 @@ class Server:
             log.error("malformed request from smtpd: %s", event.reason)
             if event.id is not None and event.op is not None:
                 with self._lock:
-                    self._write(self.codec.reply(event.op, event.id, Failed("malformed request")))
+                    self._write(self.codec.send(Answer(event.op, event.id,
+                                                       Error("malformed request"))))
         elif isinstance(event, Ignored):
             log.debug("ignored %s", event.what)
 
@@ -214,7 +209,7 @@ class Server:
         if len(self._abandoned) >= MAX_STUCK:
             reason = f"{len(self._abandoned)} handlers are stuck past their deadline"
             with self._lock:
-                self._write(self._reply(request, Failed(reason)))
+                self._write(self._reply(request, Error(reason)))
             return
         # No lock: one dict store is atomic, and the watchdog iterates over a snapshot.
         self._inflight[request.id] = (request, deadline, True)
@@ -225,26 +220,42 @@ class Server:
         if type(reply) not in REPLY_TYPES and isinstance(reply, Coroutine):
             self._dispatch_async(request, reply, deadline)
             return
-        self._finish(request, reply)  # type: ignore[arg-type]
+        with self._lock:  # _finish(), inlined: the hot path
+            if self._inflight.pop(request.id, None) is not None:
+                try:
+                    data = self._send(_answer(Answer, (request.op, request.id, reply)))
+                except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
+                    data = self._unencodable(request, exc)
+                if not write_all(self.outfd, data):
+                    self._done.set()
+            else:
+                self._late(request)
 
     def _reply(self, request: Request, reply: Reply) -> bytes:
         assert self.codec is not None
         try:
-            return self.codec.reply(request.op, request.id, reply)
+            return self.codec.send(_answer(Answer, (request.op, request.id, reply)))
         except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
-            log.error("%s: answer cannot be encoded (%s), answering error", describe(request),
-                      type(exc).__name__)
-            return self.codec.reply(request.op, request.id, Failed("unencodable answer"))
+            return self._unencodable(request, exc)
+
+    def _unencodable(self, request: Request, exc: Exception) -> bytes:
+        assert self.codec is not None
+        log.error("%s: answer cannot be encoded (%s), answering error", request.describe(),
+                  type(exc).__name__)
+        return self.codec.send(Answer(request.op, request.id, Error("unencodable answer")))
 
     def _finish(self, request: Request, reply: Reply) -> None:
         """Write the reply unless the watchdog already answered this request."""
         with self._lock:
             if self._inflight.pop(request.id, None) is None:
-                self._abandoned.discard(request.id)
-                log.warning("%s: late answer dropped (the deadline had passed)",
-                            describe(request))
+                self._late(request)
                 return
             self._write(self._reply(request, reply))
+
+    def _late(self, request: Request) -> None:
+        """The watchdog answered already: the handler's answer is dropped."""
+        self._abandoned.discard(request.id)
+        log.warning("%s: late answer dropped (the deadline had passed)", request.describe())
 
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:
@@ -295,9 +306,9 @@ class Server:
                 late = [entry for entry in list(self._inflight.values()) if entry[1] <= now]
                 for request, _, sync in late:
                     del self._inflight[request.id]
-                    log.error("%s: no answer within %.1fs, answering error", describe(request),
-                              self.table.deadline)
-                    self._write(self._reply(request, Failed("deadline exceeded")))
+                    log.error("%s: no answer within %.1fs, answering error",
+                              request.describe(), self.table.deadline)
+                    self._write(self._reply(request, Error("deadline exceeded")))
                     task = self._tasks.pop(request.id, None)
                     if task is not None:
                         cancel.append(task)  # an async handler: free what it holds
@@ -316,5 +327,5 @@ def _is_socket(fd: int) -> bool:
         return False
 
 
-def serve(table: Table, *, protocol: str | None = None, infd: int = 0, outfd: int = 1) -> None:
+def serve(table: Served, *, protocol: str | None = None, infd: int = 0, outfd: int = 1) -> None:
     Server(table, protocol=protocol, infd=infd, outfd=outfd).serve()

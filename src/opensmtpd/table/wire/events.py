@@ -1,9 +1,17 @@
-"""Plain value classes shared by the three wire codecs: what smtpd asks, what a table answers."""
+"""The events of the table protocols, shared by the three codecs and both ends.
+
+What smtpd sends a table: ``Hello`` (the handshake is over), ``Request``, ``Malformed``,
+``Ignored``. What a table sends smtpd (``TableSide.send``): ``Ready`` (its answer to
+Hello) and ``Answer(op, id, reply)``, the reply being ``Found``, ``NotFound``, ``Error``
+or ``Updated``. smtpd's end sends ``Open`` and ``Request`` (``SmtpdSide.send``) and reads
+``Registered`` and ``Answer`` back.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .services import Service
 
@@ -34,6 +42,16 @@ class Request:
     key: str | None = None
     raw_service: str = ""
 
+    def describe(self) -> str:
+        """A log-safe description: auth keys carry cleartext passwords and are never shown."""
+        what = f"{self.op} {self.service or self.raw_service}".rstrip()
+        if self.key is None:
+            return what
+        if self.service is Service.AUTH:
+            user = self.key.partition(":")[0]
+            return f"{what} {user[:64]!r}:<password>"
+        return f"{what} {self.key[:128]!r}"
+
 
 @dataclass(frozen=True, slots=True)
 class Found:
@@ -48,8 +66,9 @@ class NotFound:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
-    """A temporary failure: smtpd answers the SMTP client with a 4xx."""
+class Error:
+    """A temporary failure (``error`` on smtpd's 7.6 wire): smtpd answers the SMTP client
+    with a 4xx."""
 
     reason: str = "temporary failure"
 
@@ -59,8 +78,8 @@ class Updated:
     pass
 
 
-Reply = Found | NotFound | Failed | Updated
-REPLY_TYPES = (Found, NotFound, Failed, Updated)
+Reply = Found | NotFound | Error | Updated
+REPLY_TYPES = (Found, NotFound, Error, Updated)
 
 
 _new = object.__new__
@@ -112,3 +131,42 @@ class Ignored:
 
 
 Event = Request | Malformed | Hello | Ignored
+
+
+# --- sent by a table (TableSide.send) and read by smtpd's end (SmtpdSide.next_event) ---
+
+
+class Answer(NamedTuple):
+    """The reply to request ``id`` (an operation ``op``). A named tuple, not a dataclass:
+    one is built for every request, on the hot path."""
+
+    op: Op
+    id: str
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The table's answer to Hello: the services it registers (smtpd >= 7.6; the imsg
+    OPEN acknowledgement carries none; the 2020 dialect has no handshake)."""
+
+    services: tuple[Service, ...] = ()
+
+
+# --- sent by smtpd's end (SmtpdSide.send) ---
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """smtpd's handshake: the table's name and, on 7.6+, the version it announces."""
+
+    table: str
+    smtpd_version: str = "7.6.0-portable"
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The handshake is over on smtpd's end: the services the table registered (none on
+    imsg and in the 2020 dialect, which have no registration)."""
+
+    services: tuple[Service, ...] = ()

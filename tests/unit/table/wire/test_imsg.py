@@ -9,20 +9,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opensmtpd.table import imsg
-from opensmtpd.table.events import (
-    Failed,
+from opensmtpd.table.wire import imsg
+from opensmtpd.table.wire.events import (
+    Answer,
+    Error,
     Found,
     Hello,
     Ignored,
     Malformed,
     NotFound,
     Op,
+    Open,
+    Ready,
+    Registered,
     Request,
     Updated,
 )
-from opensmtpd.table.imsg import ProtocolViolation, TableSide, parse_reply
-from opensmtpd.table.services import Service
+from opensmtpd.table.wire.imsg import ProtocolViolation, TableSide, parse_reply
+from opensmtpd.table.wire.services import Service
 
 PID = 0x28C1  # the pid of the §1.8 probe transcript
 
@@ -278,34 +282,34 @@ def r(value: int) -> bytes:
 
 
 def test_open_ack_is_an_empty_ok() -> None:
-    assert payload_of(opened().opened()) == b""
+    assert payload_of(opened().send(Ready())) == b""
 
 
 @pytest.mark.parametrize(("op", "reply", "payload"), [
     (Op.UPDATE, Updated(), r(1)),
-    (Op.UPDATE, Failed("x"), r(-1)),
+    (Op.UPDATE, Error("x"), r(-1)),
     (Op.UPDATE, NotFound(), r(-1)),
     (Op.CHECK, Found(), r(1)),
     (Op.CHECK, Found("dropped"), r(1)),           # CHECK replies are exactly 4 bytes
     (Op.CHECK, NotFound(), r(0)),
-    (Op.CHECK, Failed("x"), r(-1)),
+    (Op.CHECK, Error("x"), r(-1)),
     (Op.CHECK, Updated(), r(-1)),
     (Op.LOOKUP, Found("1000:1000:/home/alice"), r(1) + b"1000:1000:/home/alice\0"),
     (Op.LOOKUP, NotFound(), r(0)),
-    (Op.LOOKUP, Failed("x"), r(-1)),
+    (Op.LOOKUP, Error("x"), r(-1)),
     (Op.LOOKUP, Found(), r(-1)),                  # r=1 with no string is fatal in smtpd
     (Op.LOOKUP, Found(""), r(-1)),                # an empty value smtpd cannot use
     (Op.LOOKUP, Found("a\0b"), r(-1)),            # would be cut by strdup()
     (Op.FETCH, Found("127.0.0.1"), r(1) + b"127.0.0.1\0"),
     (Op.FETCH, NotFound(), r(0)),
-    (Op.FETCH, Failed("x"), r(-1)),
+    (Op.FETCH, Error("x"), r(-1)),
 ])
 def test_reply_payloads(op: Op, reply: object, payload: bytes) -> None:
-    assert payload_of(opened().reply(op, "1", reply)) == payload  # type: ignore[arg-type]
+    assert payload_of(opened().send(Answer(op, "1", reply))) == payload  # type: ignore[arg-type]
 
 
 def test_lookup_reply_matches_the_probe_transcript_length() -> None:
-    data = opened().reply(Op.LOOKUP, "1", Found("1000:1000:/home/alice"))
+    data = opened().send(Answer(Op.LOOKUP, "1", Found("1000:1000:/home/alice")))
     assert len(data) == 42  # "<< type=0 len=42 data=01000000 "1000:1000:/home/alice\0""
 
 
@@ -313,19 +317,19 @@ def test_replies_carry_the_current_pid() -> None:
     side = TableSide(pid=1)
     for pid in (1, 2):
         side.pid = pid
-        assert split(side.reply(Op.LOOKUP, "1", Found("v")))[4] == pid
-        assert split(side.reply(Op.CHECK, "1", NotFound()))[4] == pid
+        assert split(side.send(Answer(Op.LOOKUP, "1", Found("v"))))[4] == pid
+        assert split(side.send(Answer(Op.CHECK, "1", NotFound())))[4] == pid
 
 
 def test_value_up_to_the_frame_limit() -> None:
     side = opened()
     longest = "v" * 16363  # 16384 - 16 header - 4 r - 1 NUL
-    data = side.reply(Op.LOOKUP, "1", Found(longest))
+    data = side.send(Answer(Op.LOOKUP, "1", Found(longest)))
     assert len(data) == 16384
     assert payload_of(data) == r(1) + longest.encode() + b"\0"
-    assert payload_of(side.reply(Op.LOOKUP, "1", Found(longest + "v"))) == r(-1)
+    assert payload_of(side.send(Answer(Op.LOOKUP, "1", Found(longest + "v")))) == r(-1)
     # counted in bytes: 8182 two-byte characters are 16364 bytes
-    assert payload_of(side.reply(Op.FETCH, "1", Found("é" * 8182))) == r(-1)
+    assert payload_of(side.send(Answer(Op.FETCH, "1", Found("é" * 8182)))) == r(-1)
 
 
 # --- smtpd side: table_proc.c @ 6.8 -----------------------------------------------------
@@ -333,7 +337,7 @@ def test_value_up_to_the_frame_limit() -> None:
 @pytest.mark.parametrize(("op", "payload", "expected"), [
     (None, b"", None),
     (Op.UPDATE, r(1), Updated()),
-    (Op.UPDATE, r(0), Failed("update returned 0")),
+    (Op.UPDATE, r(0), Error("update returned 0")),
     (Op.CHECK, r(1), Found()),
     (Op.CHECK, r(0), NotFound()),
     (Op.LOOKUP, r(1) + b"v\0", Found("v")),
@@ -347,7 +351,7 @@ def test_parse_reply_accepts(op: Op | None, payload: bytes, expected: object) ->
 
 @pytest.mark.parametrize("op", [Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH])
 def test_parse_reply_minus_one_is_a_failure(op: Op) -> None:
-    assert isinstance(parse_reply(op, imsg.PROC_TABLE_OK, r(-1)), Failed)
+    assert isinstance(parse_reply(op, imsg.PROC_TABLE_OK, r(-1)), Error)
 
 
 @pytest.mark.parametrize(("op", "msg_type", "payload"), [
@@ -373,13 +377,13 @@ def test_parse_reply_violations(op: Op | None, msg_type: int, payload: bytes) ->
 @given(op=st.sampled_from(list(Op)),
        reply=st.one_of(
            st.builds(Found, st.one_of(st.none(), st.text(max_size=40))),
-           st.builds(NotFound), st.builds(Updated), st.builds(Failed, st.text(max_size=20))))
+           st.builds(NotFound), st.builds(Updated), st.builds(Error, st.text(max_size=20))))
 def test_every_encoded_reply_is_accepted_by_smtpd(op: Op, reply: object) -> None:
     side = TableSide(pid=1)
-    msg_type, payload = _one(side.reply(op, "1", reply))  # type: ignore[arg-type]
+    msg_type, payload = _one(side.send(Answer(op, "1", reply)))  # type: ignore[arg-type]
     judged = parse_reply(op, msg_type, payload)
-    if isinstance(reply, Failed):
-        assert isinstance(judged, Failed)
+    if isinstance(reply, Error):
+        assert isinstance(judged, Error)
     if isinstance(reply, Found) and op is Op.LOOKUP and reply.value and "\0" not in reply.value:
         assert judged == reply
 
@@ -390,3 +394,113 @@ def _one(data: bytes) -> tuple[int, bytes]:
     msg = framer.next_message()
     assert msg is not None and framer.next_message() is None
     return msg
+
+
+# --- smtpd's end: SmtpdSide ------------------------------------------------------------
+
+def smtpd_side() -> imsg.SmtpdSide:
+    side = imsg.SmtpdSide(pid=PID)
+    assert side.send(Open("t")) == imsg.open_request("t", PID)
+    side.receive_data(imsg.message(imsg.PROC_TABLE_OK, b"", 1))
+    assert side.next_event() == Registered(())
+    return side
+
+
+def test_smtpd_side_open_acknowledged_in_pieces() -> None:
+    side = imsg.SmtpdSide()
+    side.send(Open("t"))
+    ack = imsg.message(imsg.PROC_TABLE_OK, b"", 1)
+    side.receive_data(ack[:7])
+    assert side.next_event() is None
+    side.receive_data(ack[7:])
+    assert side.next_event() == Registered(())
+
+
+@pytest.mark.parametrize(("ack", "message"), [
+    (imsg.message(imsg.PROC_TABLE_OK, b"x", 1), "bogus data"),
+    (imsg.message(imsg.PROC_TABLE_FAIL, b"", 1), "bad response type"),
+    (imsg.HEADER.pack(imsg.PROC_TABLE_OK, 20000, 0, 0, 1), "length"),  # imsg_get fails
+])
+def test_smtpd_side_open_violations(ack: bytes, message: str) -> None:
+    side = imsg.SmtpdSide()
+    side.send(Open("t"))
+    side.receive_data(ack)
+    with pytest.raises(ProtocolViolation, match=message):
+        side.next_event()
+
+
+def test_smtpd_side_answers_carry_the_ids_of_the_requests_in_order() -> None:
+    """imsg has no ids: each reply answers the oldest request, whose id the Answer carries."""
+    side = smtpd_side()
+    assert side.send(Request(Op.LOOKUP, "7", "t", Service.USERINFO, "alice", "userinfo")) == (
+        imsg.request(Op.LOOKUP, Service.USERINFO, "alice", PID))
+    side.send(Request(Op.UPDATE, "8", "t"))
+    value = b"1000:1000:/home/alice\0"
+    side.receive_data(imsg.message(imsg.PROC_TABLE_OK, imsg.RESULT.pack(1) + value, 1)
+                      + imsg.message(imsg.PROC_TABLE_OK, imsg.RESULT.pack(1), 1))
+    assert side.next_event() == Answer(Op.LOOKUP, "7", Found("1000:1000:/home/alice"))
+    assert side.next_event() == Answer(Op.UPDATE, "8", Updated())
+    assert side.next_event() is None
+
+
+def test_smtpd_side_sends_an_unknown_service_number() -> None:
+    side = smtpd_side()
+    data = side.send(Request(Op.LOOKUP, "1", "t", None, "root", "0x4000"))
+    assert data == imsg.request(Op.LOOKUP, None, "root", PID, service_code=0x4000)
+    table = opened()
+    table.receive_data(data)
+    event = table.next_event()
+    assert isinstance(event, Request) and event.service is None and event.raw_service == "0x4000"
+
+
+def test_smtpd_side_violations_in_a_reply() -> None:
+    side = smtpd_side()
+    side.send(Request(Op.LOOKUP, "1", "t", Service.ALIAS, "root", "alias"))
+    side.receive_data(imsg.message(imsg.PROC_TABLE_OK, imsg.RESULT.pack(1), 1))
+    with pytest.raises(ProtocolViolation, match="empty response"):
+        side.next_event()
+
+
+def test_smtpd_side_keeps_an_unsolicited_message_for_the_next_request() -> None:
+    side = smtpd_side()
+    side.receive_data(imsg.message(imsg.PROC_TABLE_OK, imsg.RESULT.pack(0), 1))
+    assert side.next_event() is None
+    side.send(Request(Op.CHECK, "1", "t", Service.DOMAIN, "x", "domain"))
+    assert side.next_event() == Answer(Op.CHECK, "1", NotFound())
+
+
+def test_smtpd_side_refuses_requests_before_the_acknowledgement() -> None:
+    side = imsg.SmtpdSide()
+    with pytest.raises(ValueError):
+        side.send(Request(Op.UPDATE, "1", "t"))
+    side.send(Open("t"))
+    with pytest.raises(ValueError):
+        side.send(Request(Op.UPDATE, "1", "t"))
+
+
+@pytest.mark.parametrize("reply", [Found("v@example.org"), NotFound(), Error("down"),
+                                   Updated(), Found("x" * 20000)])
+@pytest.mark.parametrize("op", list(Op))
+def test_both_ends_round_trip(op: Op, reply: object) -> None:
+    table, smtpd = TableSide(pid=9), imsg.SmtpdSide(pid=PID)
+    table.receive_data(smtpd.send(Open("t")))
+    assert table.next_event() == Hello("t")
+    smtpd.receive_data(table.send(Ready()))
+    assert smtpd.next_event() == Registered(())
+    service = Service.ALIAS if op is not Op.UPDATE else None
+    table.receive_data(smtpd.send(Request(op, "5", "t", service,
+                                          "root" if op in (Op.CHECK, Op.LOOKUP) else None)))
+    request = table.next_event()
+    assert isinstance(request, Request) and request.op is op
+    smtpd.receive_data(table.send(Answer(op, request.id, reply)))  # type: ignore[arg-type]
+    answer = smtpd.next_event()
+    assert isinstance(answer, Answer) and answer.id == "5"
+    fits = {Op.UPDATE: (Updated,), Op.CHECK: (Found, NotFound), Op.LOOKUP: (Found, NotFound),
+            Op.FETCH: (Found, NotFound)}[op]
+    too_long = reply == Found("x" * 20000) and op is not Op.CHECK
+    if not isinstance(reply, fits) or too_long:
+        assert answer.reply == Error("-1")
+    elif op is Op.CHECK and isinstance(reply, Found):
+        assert answer.reply == Found()
+    else:
+        assert answer.reply == reply

@@ -14,17 +14,22 @@ Replies are ``<op>-result|<id>|…``; smtpd fatals on anything it cannot parse.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
-from ..wire import ENCODING, ERRORS, LineBuffer, ProtocolViolation, decode, encode, one_line
+from ...wire import ENCODING, ERRORS, LineBuffer, ProtocolViolation, decode, encode, one_line
 from .events import (
+    Answer,
+    Error,
     Event,
-    Failed,
     Found,
     Hello,
     Malformed,
     NotFound,
     Op,
+    Open,
+    Ready,
+    Registered,
     Reply,
     Request,
     Updated,
@@ -108,7 +113,8 @@ class TableSide:
                 line = buf[:end].decode(ENCODING, ERRORS)
                 del buf[:end + 1]
                 lines.truncated = False
-                return self._whole(parse_request(line))
+                request = parse_request(line)
+                return self._whole(request) if buf else request  # nothing queued: whole
         while True:  # a loop, not recursion: any number of config lines in one read
             raw = lines.next_line()
             if raw is None:
@@ -164,38 +170,103 @@ class TableSide:
                 self._config = self._config[-MAX_CONFIG_ITEMS:]
         return None
 
-    @staticmethod
-    def registration(services: Iterable[Service]) -> bytes:
-        unique = dict.fromkeys(services)
-        if not unique:
-            raise ValueError("a table must register at least one service")
-        return encode("".join(f"register|{s.value}\n" for s in unique) + "register|ready\n")
+    def send(self, event: Answer | Ready) -> bytes:
+        """The bytes for smtpd: an Answer's reply line, or Ready's registration lines."""
+        if type(event) is Answer:
+            op, request_id, reply = event
+            if type(reply) is Found and op is _LOOKUP:  # the hot path
+                value = reply.value
+                if value and "\n" not in value:
+                    return f"lookup-result|{request_id}|found|{value}\n".encode(ENCODING, ERRORS)
+            return reply_line(op, request_id, reply)
+        if isinstance(event, Ready):
+            return registration(event.services)
+        raise TypeError(f"a table sends Answer or Ready, not {type(event).__name__}")
 
-    @staticmethod
-    def reply(op: Op, request_id: str, reply: Reply) -> bytes:
-        """Encode a reply; a reply that does not fit ``op`` becomes an error line."""
-        if type(reply) is Found and op is _LOOKUP:  # the hot path
-            value = reply.value
-            if value and "\n" not in value:
-                return f"lookup-result|{request_id}|found|{value}\n".encode(ENCODING, ERRORS)
-        head = f"{_HEADS[op]}{request_id}|"
-        if isinstance(reply, Failed):
-            return encode(f"{head}error|{one_line(reply.reason)}\n")
-        if op is _UPDATE:
-            if isinstance(reply, Updated):
-                return encode(head + "ok\n")
-        elif isinstance(reply, NotFound):
-            return encode(head + "not-found\n")
-        elif isinstance(reply, Found):
-            if op is _CHECK:
-                return encode(head + "found\n")
-            value = reply.value
-            if value and "\n" not in value:
-                return encode(f"{head}found|{value}\n")
-        return encode(f"{head}error|reply {type(reply).__name__} does not fit {op}\n")
+
+def registration(services: Iterable[Service]) -> bytes:
+    """``register|<service>`` lines then ``register|ready``; ValueError for no service
+    (smtpd exits on a table that registers none, §3.2)."""
+    unique = dict.fromkeys(services)
+    if not unique:
+        raise ValueError("a table must register at least one service")
+    return encode("".join(f"register|{s.value}\n" for s in unique) + "register|ready\n")
+
+
+def reply_line(op: Op, request_id: str, reply: Reply) -> bytes:
+    """Encode a reply; a reply that does not fit ``op`` becomes an error line."""
+    head = f"{_HEADS[op]}{request_id}|"
+    if isinstance(reply, Error):
+        return encode(f"{head}error|{one_line(reply.reason)}\n")
+    if op is _UPDATE:
+        if isinstance(reply, Updated):
+            return encode(head + "ok\n")
+    elif isinstance(reply, NotFound):
+        return encode(head + "not-found\n")
+    elif isinstance(reply, Found):
+        if op is _CHECK:
+            return encode(head + "found\n")
+        value = reply.value
+        if value and "\n" not in value:
+            return encode(f"{head}found|{value}\n")
+    return encode(f"{head}error|reply {type(reply).__name__} does not fit {op}\n")
 
 
 # --- smtpd's end: used by the by-hand tool, the conformance battery and the bridge ---
+
+
+class SmtpdSide:
+    """smtpd's end: ``send(Open(...))`` then ``send(Request(...))``; ``next_event()`` gives
+    ``Registered`` once, then an ``Answer`` per request, in the order sent, as smtpd 7.6+
+    reads them (one outstanding request, §3.5). What would make smtpd exit raises
+    ProtocolViolation. A line that arrives while nothing is asked stays buffered: smtpd
+    reads it as the reply to its next request (and exits, as its id cannot match).
+
+    ``clock`` gives the requests' timestamps (seconds); without one they carry 0.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._lines = LineBuffer()
+        self._clock = clock
+        self._sent: deque[tuple[Op, str]] = deque()
+        self._services: list[Service] = []
+        self.state = "new"  # then "handshake" (Open sent), "ready" (Registered read)
+
+    def receive_data(self, data: bytes) -> None:
+        self._lines.feed(data)
+
+    def send(self, event: Open | Request) -> bytes:
+        if isinstance(event, Open):
+            if self.state != "new":
+                raise ValueError("the handshake was sent already")
+            self.state = "handshake"
+            return handshake(event.table, event.smtpd_version)
+        if self.state != "ready":
+            raise ValueError("smtpd sends no request before the table registered")
+        timestamp = f"{self._clock():.6f}" if self._clock is not None else "0.000000"
+        self._sent.append((event.op, event.id))
+        return request(event.op, event.table, event.id, event.service or event.raw_service,
+                       event.key, timestamp)
+
+    def next_event(self) -> Registered | Answer | None:
+        if self.state == "handshake":
+            while (raw := self._lines.next_line()) is not None:
+                service = parse_registration(decode(raw))
+                if service is None:
+                    if not self._services:
+                        raise ProtocolViolation("no services registered")
+                    self.state = "ready"
+                    return Registered(tuple(self._services))
+                self._services.append(service)
+            return None
+        if self.state != "ready" or not self._sent:
+            return None
+        raw = self._lines.next_line()
+        if raw is None:
+            return None
+        op, request_id = self._sent.popleft()
+        return Answer(op, request_id, parse_reply(op, request_id, decode(raw)))
+
 
 
 def handshake(table: str, smtpd_version: str = "7.6.0-portable") -> bytes:
@@ -221,14 +292,16 @@ def parse_registration(line: str) -> Service | None:
     return service
 
 
-def request(op: Op, table: str, request_id: str, service: Service | None = None,
+def request(op: Op, table: str, request_id: str, service: Service | str | None = None,
             key: str | None = None, timestamp: str = "0.000000") -> bytes:
+    """A request line; ``service`` may be a name no smtpd has (a str)."""
     head = f"table|{PROTOCOL_VERSION}|{timestamp}|{table}|{op.value}"
     if op is Op.UPDATE:
         return encode(f"{head}|{request_id}\n")
     assert service is not None
+    name = service.value if isinstance(service, Service) else service
     tail = f"|{key}" if op in (Op.CHECK, Op.LOOKUP) else ""
-    return encode(f"{head}|{service.value}|{request_id}{tail}\n")
+    return encode(f"{head}|{name}|{request_id}{tail}\n")
 
 
 def parse_reply(op: Op, request_id: str, line: str) -> Reply:
@@ -242,12 +315,12 @@ def parse_reply(op: Op, request_id: str, line: str) -> Reply:
         if rest == "ok":
             return Updated()
         if rest.startswith("error"):  # strncmp(r, "error", 5), as for the other ops
-            return Failed(rest[6:] if rest[5:6] == "|" else "")
+            return Error(rest[6:] if rest[5:6] == "|" else "")
         raise ProtocolViolation(f"failed parse reply {_peek(rest)}")
     if rest == "not-found":
         return NotFound()
     if rest.startswith("error"):
-        return Failed(rest[6:] if rest[5:6] == "|" else "")
+        return Error(rest[6:] if rest[5:6] == "|" else "")
     if op is Op.CHECK:
         if rest.startswith("found"):
             return Found()

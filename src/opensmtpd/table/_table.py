@@ -14,9 +14,13 @@
 
     table.run()                          # any smtpd generation, detected on stdin
 
-Handlers may be plain functions or ``async def``. A handler that raises TempFail, raises
-anything else, misses its deadline or returns a value smtpd could not parse makes the
-request fail temporarily (4xx to the SMTP client): never a bounce, never a crash.
+Handlers may be plain functions or ``async def``. A handler fails one way: by raising
+(``TempFail("reason")`` gives the reason smtpd logs; any other exception is logged with
+its type). That, a missed deadline or a value smtpd could not parse makes the request
+fail temporarily (4xx to the SMTP client): never a bounce, never a crash.
+
+``run()`` hands the table to the runtime (``_runtime``), which needs only what
+``_runtime.Served`` describes: this module is never imported by it.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Literal
 
-from ..smtpd_version import SmtpdVersion
-from .events import Failed, Found, NotFound, Op, Reply, Request, Updated
-from .services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
+from ..smtpd_version import SmtpdVersion, parse_smtpd_version
+from .wire.events import REPLY_TYPES, Error, Found, Hello, NotFound, Op, Reply, Request, Updated
+from .wire.services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
 
 log = logging.getLogger("opensmtpd.table")
 
@@ -70,17 +74,6 @@ class _Registered:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.wants_request = _wants_request(fn)
-
-
-def describe(request: Request) -> str:
-    """A log-safe description: auth keys carry cleartext passwords and are never shown."""
-    what = f"{request.op} {request.service or request.raw_service}".rstrip()
-    if request.key is None:
-        return what
-    if request.service is Service.AUTH:
-        user = request.key.partition(":")[0]
-        return f"{what} {user[:64]!r}:<password>"
-    return f"{what} {request.key[:128]!r}"
 
 
 class Table:
@@ -152,7 +145,13 @@ class Table:
         """What to register with smtpd >= 7.6: the services that have a handler."""
         return tuple(dict.fromkeys(service for _, service in self._handlers))
 
-    # --- dispatch ---
+    # --- what the runtime calls ---
+
+    def handshake(self, protocol: str, hello: Hello | None) -> None:
+        """The generation is known (``hello`` None), then smtpd's handshake is over."""
+        self.protocol = protocol
+        if hello is not None:
+            self.smtpd_version = parse_smtpd_version(hello.smtpd_version)
 
     def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]:
         """The reply to ``request``; a coroutine when its handler is ``async def``."""
@@ -160,13 +159,13 @@ class Table:
         if op is _UPDATE:
             registered = self._update
         elif request.service is None:
-            return Failed(f"unknown service {request.raw_service!r}")
+            return Error(f"unknown service {request.raw_service!r}")
         else:
             registered = self._handlers.get((op, request.service))
             if registered is None:
                 if self.unregistered == "not-found":
                     return NotFound()
-                return Failed(f"no {op} handler for service {request.service}")
+                return Error(f"no {op} handler for service {request.service}")
         if registered is None:  # update with no handler: nothing to reload
             return Updated()
         key = request.key
@@ -191,17 +190,18 @@ class Table:
             return self.failure(request, exc)
         return self.convert(request, result)
 
-    def failure(self, request: Request, exc: BaseException) -> Failed:
+    def failure(self, request: Request, exc: BaseException) -> Error:
+        """The reply to a handler that raised ``exc`` (logged, secrets kept out)."""
         if isinstance(exc, TempFail):
             reason = str(exc) or "temporary failure"
             if request.service is Service.AUTH:
                 reason = "temporary failure"
-            log.warning("%s: temporary failure: %s", describe(request), reason)
-            return Failed(reason)
+            log.warning("%s: temporary failure: %s", request.describe(), reason)
+            return Error(reason)
         # an exception's text may quote what the handler held: a password, a hash
         detail = "" if request.service in (Service.AUTH, Service.CREDENTIALS) else f": {exc}"
-        log.error("%s: handler raised %s%s", describe(request), type(exc).__name__, detail)
-        return Failed(f"handler raised {type(exc).__name__}")
+        log.error("%s: handler raised %s%s", request.describe(), type(exc).__name__, detail)
+        return Error(f"handler raised {type(exc).__name__}")
 
     def convert(self, request: Request, result: Any) -> Reply:
         """Turn a handler's return value into a reply smtpd can parse, or an error."""
@@ -210,8 +210,9 @@ class Table:
             found = self._found.get((service, result))  # type: ignore[arg-type]
             if found is not None:
                 return found
-        if isinstance(result, Failed):  # before UPDATE: a failed reload is an error, not ok
-            return result
+        if isinstance(result, REPLY_TYPES):  # before UPDATE: never "ok" for a returned Error
+            return self._invalid(request, f"{op} handler returned {type(result).__name__}: a "
+                                          "handler fails by raising (TempFail)")
         if op is _UPDATE:
             return Updated()
         assert service is not None
@@ -249,12 +250,12 @@ class Table:
             cache[(service, value)] = found
         return found
 
-    def _invalid(self, request: Request, reason: str) -> Failed:
-        log.error("%s: invalid answer: %s", describe(request), reason)
-        return Failed(f"invalid answer: {reason}")
+    def _invalid(self, request: Request, reason: str) -> Error:
+        log.error("%s: invalid answer: %s", request.describe(), reason)
+        return Error(f"invalid answer: {reason}")
 
     def run(self, protocol: str | None = None) -> None:
         """Serve smtpd on stdin/stdout until EOF (any generation, detected)."""
-        from .runtime import serve
+        from ._runtime import serve
 
         serve(self, protocol=protocol)
