@@ -114,10 +114,15 @@ class TableMetrics:
     Label children are cached: one dict lookup per request instead of ``labels()``.
     """
 
-    def __init__(self, table: str = "") -> None:
+    def __init__(self, table: str = "", *, enabled: bool = True) -> None:
         self.table = table or "unnamed"
-        self._families = _load()
+        self._families = _load() if enabled else None
         self._children: dict[tuple[str, ...], Any] = {}
+
+    @classmethod
+    def off(cls) -> TableMetrics:
+        """Metrics that record nothing (nothing is imported)."""
+        return cls(enabled=False)
 
     @property
     def enabled(self) -> bool:

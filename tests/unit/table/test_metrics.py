@@ -107,3 +107,45 @@ def test_an_unwritable_directory_turns_metrics_off_without_raising(tmp_path: Pat
          "print(m.enabled)"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "False\n", result.stderr
     assert "table metrics off" in result.stderr
+
+
+def test_a_table_process_counts_what_it_answered(tmp_path: Path, make_backend, start,  # type: ignore[no-untyped-def]
+                                                 monkeypatch) -> None:
+    from opensmtpd.table import Error, Found, NotFound, Service
+
+    script = make_backend("""
+        import time
+        from opensmtpd.table import Table, TempFail
+        table = Table(deadline=0.3)
+
+        @table.lookup("alias")
+        def alias(key):
+            if key == "boom":
+                raise TempFail("backend down")
+            if key == "slow":
+                time.sleep(1)
+            return {"root": "gilles"}.get(key)
+
+        table.run()
+    """)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    monkeypatch.setenv(ENV, str(metrics_dir))
+    for protocol in ("native", "imsg"):
+        driver = start(script, protocol=protocol, table=f"aliases-{protocol}")
+        assert driver.lookup(Service.ALIAS, "root") == Found("gilles")
+        assert driver.lookup(Service.ALIAS, "root") == Found("gilles")
+        assert driver.lookup(Service.ALIAS, "nobody") == NotFound()
+        assert isinstance(driver.lookup(Service.ALIAS, "boom"), Error)
+        assert isinstance(driver.lookup(Service.ALIAS, "slow"), Error)  # the deadline
+        scrape = _scrape(metrics_dir)
+        table = f"aliases-{protocol}"
+        base = dict(table=table, op="lookup", service="alias")
+        assert _value(scrape, "opensmtpd_table_requests_total", **base, result="found") == 2
+        assert _value(scrape, "opensmtpd_table_requests_total", **base,
+                      result="not-found") == 1
+        assert _value(scrape, "opensmtpd_table_requests_total", **base, result="error") == 2
+        assert _value(scrape, "opensmtpd_table_handler_exceptions_total", **base) == 1
+        assert _value(scrape, "opensmtpd_table_deadline_misses_total", **base) == 1
+        assert _value(scrape, "opensmtpd_table_handler_duration_seconds_count", **base) == 5
+        assert _value(scrape, "opensmtpd_table_requests_in_flight", table=table) == 0
