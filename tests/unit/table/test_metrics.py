@@ -149,3 +149,4 @@ def test_a_table_process_counts_what_it_answered(tmp_path: Path, make_backend, s
         assert _value(scrape, "opensmtpd_table_deadline_misses_total", **base) == 1
         assert _value(scrape, "opensmtpd_table_handler_duration_seconds_count", **base) == 5
         assert _value(scrape, "opensmtpd_table_requests_in_flight", table=table) == 0
+
