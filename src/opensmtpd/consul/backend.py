@@ -17,6 +17,7 @@ import threading
 
 from ..extras import MissingExtra, require
 from ..table import Op, Request, Service, Table, TempFail
+from ..table.wire.events import Hello
 from ..table.wire.services import ALL_BUT_AUTH
 from .config import Config, ConfigError
 from .replica import Replica, Snapshot, Source
@@ -66,6 +67,7 @@ class ConsulTable(Table):
                     raise TempFail(f"more than {MAX_PREFIXES} table prefixes in one process")
                 replica = Replica(prefix, layout.parser(table), self.config.max_staleness,
                                   self.config.allow_empty)
+                replica.measured(self.metrics)
                 watcher = Watcher(replica, self.source, wait=self.config.wait,
                                   retry_min=self.config.retry_min,
                                   retry_max=self.config.retry_max)
@@ -73,6 +75,12 @@ class ConsulTable(Table):
                 watcher.start()
                 self._watchers[prefix] = watcher
         return watcher
+
+    def handshake(self, protocol: str, hello: Hello | None) -> None:
+        super().handshake(protocol, hello)
+        with self._lock:  # replicas started before the metrics were set up report too
+            for watcher in self._watchers.values():
+                watcher.replica.measured(self.metrics)
 
     def _table_name(self, request: Request) -> str:
         name = self.config.table or request.table

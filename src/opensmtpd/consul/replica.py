@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..table import Service, TempFail
+from ..table.metrics import TableMetrics
 from ..table.static import StaticEntries
 from .layout import KeyParser
 from .listing import Listing
@@ -117,6 +118,24 @@ class Replica:
     errors: int = 0
     _logged_error_at: float = field(default=-1e18, repr=False)
     _stale_logged: bool = field(default=False, repr=False)
+    metrics: TableMetrics = field(default_factory=TableMetrics.off, repr=False)
+    wallclock: Callable[[], float] = field(default=time.time, repr=False)
+
+    def measured(self, metrics: TableMetrics) -> None:
+        """Report to ``metrics`` from now on (docs/monitoring.md)."""
+        self.metrics = metrics
+        metrics.set("consul_max_staleness", self.max_staleness)
+        if self.snapshot is not None and self.synced_at is not None:
+            metrics.set("consul_entries", self.snapshot.count)
+            metrics.set("consul_synced", self.wallclock() - (self.clock() - self.synced_at))
+        metrics.set("consul_stale", self._staleness())
+
+    def _staleness(self) -> int:
+        """0 fresh, 1 serving a copy whose last sync failed, 2 answering error."""
+        age = self.age()
+        if age is None or age > self.max_staleness:
+            return 2
+        return 1 if self.errors else 0
 
     def apply(self, listing: Listing, *, full: bool = False) -> bool:
         """Install a successful read; returns whether the copy was rebuilt.
@@ -140,6 +159,11 @@ class Replica:
         self.synced_at = now - listing.lag  # a stale read is as old as its server's view
         self.errors, self.last_error, self.failing_since = 0, None, None
         self._stale_logged = False
+        if self.metrics.enabled:
+            assert self.snapshot is not None
+            self.metrics.set("consul_synced", self.wallclock() - listing.lag)
+            self.metrics.set("consul_entries", self.snapshot.count)
+            self.metrics.set("consul_stale", 0)
         if changed:
             assert self.snapshot is not None
             log.info("synced %r: %d entries at index %d%s", self.prefix, self.snapshot.count,
@@ -151,6 +175,9 @@ class Replica:
         self.errors += 1
         self.failing_since = self.failing_since or now
         self.last_error = str(exc) or type(exc).__name__
+        if self.metrics.enabled:
+            self.metrics.count("consul_errors")
+            self.metrics.set("consul_stale", self._staleness())
         if self.errors == 1 or now - self._logged_error_at >= ERROR_LOG_INTERVAL:
             self._logged_error_at = now
             retry = f"; retrying in {retry_in:.1f}s" if retry_in is not None else ""
@@ -177,6 +204,7 @@ class Replica:
             why = f": {self.last_error}" if self.last_error else " (first sync in progress)"
             raise TempFail(f"table not synced yet{why}")
         if age > self.max_staleness:
+            self.metrics.set("consul_stale", 2)
             if not self._stale_logged:
                 self._stale_logged = True
                 log.error("copy of %r is %.1fs old, past max_staleness %gs: answering error "

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..table.metrics import TableMetrics
 from ..table.wire import imsg
 from ..table.wire.events import Error, Found, Hello, Malformed, Op, Ready, Reply, Request
 from ..table.wire.services import Service
@@ -72,6 +73,8 @@ class Bridge:
         self.to_child = bytearray()  # bytes the runtime owes the current child
         self._failures = 0  # consecutive crashes, for the back-off
         self._timeouts = 0  # consecutive deadline misses of the current child
+        self._children = 0  # started so far: all but the first are restarts
+        self.metrics = TableMetrics.off()  # the runtime turns them on (docs/monitoring.md)
         self._warned: set[str] = set()
 
     # --- outputs, for the runtime ---
@@ -194,6 +197,9 @@ class Bridge:
     # --- the child's side ---
 
     def child_started(self, pid: int, now: float) -> None:
+        self._children += 1
+        if self._children > 1:
+            self.metrics.count("child_restarts")
         self.child_pid, self.spawn_at = pid, None
         self._lines = LineBuffer()
         self.to_child.clear()
@@ -347,6 +353,7 @@ class Bridge:
         except ProtocolViolation as exc:
             log.error("%s: malformed reply from the child (%s): %s: answering -1 (tempfail)",
                       request.describe(), exc, shown(line))
+            self.metrics.count("child_malformed")
             return None
         if isinstance(reply, Error):
             detail = f": {reply.reason}" if reply.reason and reply.reason != "failure" else ""
@@ -359,6 +366,7 @@ class Bridge:
         oldest = self._requests.oldest_asked()
         answered = f"; {oldest.request.describe()}: answering -1 (tempfail)" if oldest else ""
         log.error("malformed line from the child (%s): %s%s", why, shown(line), answered)
+        self.metrics.count("child_malformed")
         if oldest is not None:
             self._answer(oldest, Error("malformed line from the child"))
         self._probe_failed("it wrote garbage", "garbage while probing the 2020 dialect")
@@ -373,6 +381,7 @@ class Bridge:
                       entry.request.describe(), what, self.settings.deadline)
             if entry.sent:
                 self._timeouts += 1
+                self.metrics.count("child_deadline")
         if self.kill_reason is not None:
             pass  # the runtime stops this child before anything else
         elif self.phase is HANDSHAKE and now >= self._handshake_deadline:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from ..stdio import read_some, relabel_logging, write_all
+from ..table.metrics import TableMetrics
+from ..table.metrics import directory as metrics_directory
 from .bridge import Bridge
 from .child import READ_SIZE, Child, SpawnError, describe_status
 
@@ -150,6 +152,8 @@ class Runtime:
                 if self.bridge.table is not self._label:  # OPEN: log lines name the table
                     self._label = self.bridge.table
                     relabel_logging(f"table {self._label}")
+                    if metrics_directory() is not None:
+                        self.bridge.metrics = TableMetrics(self._label)
             elif child is not None and fd == child.fd:
                 self._child_socket(child, mask)
             elif child is not None and fd == child.stderr_fd and child.drain_stderr():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-max-sessions", "--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                    metavar="N", help="sessions tracked at most; the oldest is dropped past "
                    f"it (default {DEFAULT_MAX_SESSIONS})")
+    p.add_argument("-table-metrics", "--table-metrics", metavar="DIR",
+                   help="also serve the table metrics every table process writes to DIR "
+                        "(their OPENSMTPD_METRICS_DIR; docs/monitoring.md)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -66,12 +70,18 @@ def options(argv: list[str]) -> argparse.Namespace:
     if args.max_sessions < 1:
         log.error("-max-sessions must be at least 1; using %d", DEFAULT_MAX_SESSIONS)
         args.max_sessions = DEFAULT_MAX_SESSIONS
+    if args.table_metrics is not None and not os.path.isabs(args.table_metrics):
+        log.error("-table-metrics needs an absolute path, not %r: no table metrics",
+                  args.table_metrics)
+        args.table_metrics = None
     return args
 
 
-def build(max_sessions: int = DEFAULT_MAX_SESSIONS) -> tuple[Filter, SmtpdMetrics,
-                                                              CollectorRegistry]:
+def build(max_sessions: int = DEFAULT_MAX_SESSIONS, table_metrics: str | None = None,
+          ) -> tuple[Filter, SmtpdMetrics, CollectorRegistry]:
     from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from opensmtpd.table.metrics import Collector
 
     from .metrics import SmtpdMetrics
 
@@ -81,6 +91,8 @@ def build(max_sessions: int = DEFAULT_MAX_SESSIONS) -> tuple[Filter, SmtpdMetric
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics.collector)
     ProcessCollector(registry=registry)
+    if table_metrics is not None:  # every table process's series, summed at each scrape
+        registry.register(Collector(table_metrics))
     return f, metrics, registry
 
 
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s; no metrics: mail passes through unobserved", exc)
         Filter("prometheus").run()  # smtpd exits if a filter does: serve it, registering nothing
         return 0
-    f, _, registry = build(args.max_sessions)
+    f, _, registry = build(args.max_sessions, args.table_metrics)
     host, port = args.address
     Exporter(host, port, registry).start()
     f.run()

@@ -25,18 +25,22 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from ..stdio import private_stdout, read_some, relabel_logging, setup_logging, write_all
+from .metrics import TableMetrics
 from .wire import PROTOCOLS, detect, imsg, native, procexec2020
 from .wire.events import (
     REPLY_TYPES,
     Answer,
     Error,
     Event,
+    Found,
     Hello,
     Ignored,
     Malformed,
+    NotFound,
     Ready,
     Reply,
     Request,
+    Updated,
 )
 from .wire.services import Service
 
@@ -48,12 +52,15 @@ MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
 MAX_PENDING = 1024
 _monotonic = time.monotonic
 _answer = tuple.__new__  # _answer(Answer, (op, id, reply)): Answer(...) at a third of the cost
+_RESULTS = {Found: "found", NotFound: "not-found", Error: "error", Updated: "ok"}
+_OFF = TableMetrics.off()
 
 
 class Served(Protocol):
     """What the runtime needs of a table (``Table`` is one)."""
 
     deadline: float  # seconds a request may take before it is answered error
+    # optional: ``metrics``, a TableMetrics (Table's records nothing unless turned on)
 
     @property
     def services(self) -> tuple[Service, ...]: ...  # what to register (smtpd >= 7.6)
@@ -98,6 +105,7 @@ class Server:
         self._done = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.BoundedSemaphore(MAX_PENDING)  # async handlers in flight
+        self.metrics: TableMetrics = _OFF
 
     # --- I/O ---
 
@@ -128,6 +136,7 @@ class Server:
                 data += more
         self.protocol = protocol
         self.table.handshake(protocol, None)
+        self.metrics = getattr(self.table, "metrics", _OFF)  # set up by the handshake
         self.codec = make_codec(protocol)
         self._send = self.codec.send
         if protocol == "imsg" and _is_socket(self.infd):
@@ -205,12 +214,18 @@ class Server:
 
     def _dispatch(self, request: Request) -> None:
         table = self.table
-        deadline = _monotonic() + table.deadline
+        started = _monotonic()
+        deadline = started + table.deadline
+        metered = self.metrics.enabled
         if len(self._abandoned) >= MAX_STUCK:
             reason = f"{len(self._abandoned)} handlers are stuck past their deadline"
+            if metered:
+                self._account(request, Error(reason), started, 0)
             with self._lock:
                 self._write(self._reply(request, Error(reason)))
             return
+        if metered:
+            self.metrics.in_flight(1)
         # No lock: one dict store is atomic, and the watchdog iterates over a snapshot.
         self._inflight[request.id] = (request, deadline, True)
         try:
@@ -226,6 +241,8 @@ class Server:
                     data = self._send(_answer(Answer, (request.op, request.id, reply)))
                 except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
                     data = self._unencodable(request, exc)
+                if metered:  # before the write: counted by the time smtpd reads it
+                    self._account(request, reply, started)  # type: ignore[arg-type]
                 if not write_all(self.outfd, data):
                     self._done.set()
             else:
@@ -247,10 +264,22 @@ class Server:
     def _finish(self, request: Request, reply: Reply) -> None:
         """Write the reply unless the watchdog already answered this request."""
         with self._lock:
-            if self._inflight.pop(request.id, None) is None:
+            entry = self._inflight.pop(request.id, None)
+            if entry is None:
                 self._late(request)
                 return
+            if self.metrics.enabled:
+                self._account(request, reply, entry[1] - self.table.deadline)
             self._write(self._reply(request, reply))
+
+    def _account(self, request: Request, reply: Reply, started: float, leaving: int = 1,
+                 ) -> None:
+        """Table metrics for one answered request (only called when they are on)."""
+        metrics = self.metrics
+        if leaving:
+            metrics.in_flight(-leaving)
+        metrics.answered(request.op.value, request.service_label,
+                         _RESULTS.get(type(reply), "error"), _monotonic() - started)
 
     def _late(self, request: Request) -> None:
         """The watchdog answered already: the handler's answer is dropped."""
@@ -259,6 +288,7 @@ class Server:
 
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:
+        """An async handler's request (already counted in flight by _dispatch)."""
         loop = self._event_loop()
         ordered = self.protocol == "imsg"  # no ids on imsg: replies in request order
         with self._lock:
@@ -304,10 +334,14 @@ class Server:
             with self._lock:
                 # list(): a snapshot taken atomically, as _dispatch adds entries unlocked
                 late = [entry for entry in list(self._inflight.values()) if entry[1] <= now]
-                for request, _, sync in late:
+                for request, deadline, sync in late:
                     del self._inflight[request.id]
                     log.error("%s: no answer within %.1fs, answering error",
                               request.describe(), self.table.deadline)
+                    if self.metrics.enabled:
+                        self.metrics.deadline_missed(request.op.value, request.service_label)
+                        self._account(request, Error("deadline"),
+                                      deadline - self.table.deadline)
                     self._write(self._reply(request, Error("deadline exceeded")))
                     task = self._tasks.pop(request.id, None)
                     if task is not None:

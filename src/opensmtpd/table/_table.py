@@ -32,10 +32,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Literal
 
 from ..smtpd_version import SmtpdVersion, parse_smtpd_version
+from .metrics import TableMetrics
+from .metrics import directory as metrics_directory
 from .wire.events import REPLY_TYPES, Error, Found, Hello, NotFound, Op, Reply, Request, Updated
 from .wire.services import ALL_BUT_AUTH, InvalidValue, Service, validate_value
 
 log = logging.getLogger("opensmtpd.table")
+_OFF = TableMetrics.off()
 
 DEFAULT_DEADLINE = 5.0
 # Validated lookup answers kept per table, keyed (service, value): a hit skips the
@@ -90,6 +93,7 @@ class Table:
 
     protocol: str | None = None
     smtpd_version: SmtpdVersion | None = None
+    metrics: TableMetrics = _OFF  # on with OPENSMTPD_METRICS_DIR (docs/monitoring.md)
 
     def __init__(self, name: str | None = None, *, deadline: float = DEFAULT_DEADLINE,
                  unregistered: Literal["error", "not-found"] = "error") -> None:
@@ -150,8 +154,13 @@ class Table:
     def handshake(self, protocol: str, hello: Hello | None) -> None:
         """The generation is known (``hello`` None), then smtpd's handshake is over."""
         self.protocol = protocol
-        if hello is not None:
-            self.smtpd_version = parse_smtpd_version(hello.smtpd_version)
+        if hello is None:
+            if metrics_directory() is not None:  # named once smtpd said the table's name
+                self.metrics = TableMetrics(self.name or "")
+            return
+        self.smtpd_version = parse_smtpd_version(hello.smtpd_version)
+        if self.metrics.enabled and hello.table:
+            self.metrics.rename(self.name or hello.table)
 
     def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]:
         """The reply to ``request``; a coroutine when its handler is ``async def``."""
@@ -192,6 +201,8 @@ class Table:
 
     def failure(self, request: Request, exc: BaseException) -> Error:
         """The reply to a handler that raised ``exc`` (logged, secrets kept out)."""
+        if self.metrics.enabled:
+            self.metrics.handler_raised(request.op.value, request.service_label)
         if isinstance(exc, TempFail):
             reason = str(exc) or "temporary failure"
             if request.service is Service.AUTH:

@@ -3,6 +3,7 @@ that stays flat while a million distinct senders, HELOs and rDNS names go throug
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -194,3 +195,41 @@ def test_memory_flat_over_a_million_distinct_sessions(exporter) -> None:  # type
     # A leak of even 40 bytes per session would add 36 MB over these 900k sessions.
     assert after - before < 24 * 1024, (before, after)
     assert after < 256 * 1024
+
+
+def test_table_metrics_served_on_the_same_endpoint(exporter, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from opensmtpd.table.metrics import ENV
+
+    metrics_dir = tmp_path / "table-metrics"
+    metrics_dir.mkdir()
+    writer = subprocess.Popen(
+        [PYTHON, "-c", "from opensmtpd.table.metrics import TableMetrics\n"
+         "m = TableMetrics('aliases')\n"
+         "for _ in range(7): m.answered('lookup', 'alias', 'found', 0.001)\n"
+         "m.set('consul_stale', 1)\nprint('ready', flush=True)\nimport sys; sys.stdin.read()"],
+        env={**os.environ, ENV: str(metrics_dir)}, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        port = free_port()
+        e = exporter("-exporter", f"127.0.0.1:{port}", "-table-metrics", str(metrics_dir))
+        assert e.registration()[-1] == "register|ready"
+        deadline = time.monotonic() + 20
+        text = None
+        while time.monotonic() < deadline and text is None:
+            time.sleep(0.25)
+            text = scrape(port)
+        assert sample(text, "opensmtpd_table_requests_total", table="aliases", op="lookup",
+                      service="alias", result="found") == 7, e.log()
+        assert sample(text, "opensmtpd_table_consul_stale", table="aliases") == 1
+        assert "\nsmtpd_exporter_unparsed_lines_total " in (text or "")  # the filter's own
+        writer.communicate(timeout=30)  # the table process is gone: its gauge too,
+        text = scrape(port)                # its counter stays
+        assert sample(text, "opensmtpd_table_consul_stale", table="aliases") is None
+        assert sample(text, "opensmtpd_table_requests_total", table="aliases", op="lookup",
+                      service="alias", result="found") == 7
+        assert e.close() == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(10)

@@ -42,6 +42,11 @@ class Request:
     key: str | None = None
     raw_service: str = ""
 
+    @property
+    def service_label(self) -> str:
+        """The service as a metric label: a known name or ``unknown`` (a closed set)."""
+        return self.service.value if self.service is not None else "unknown"
+
     def describe(self) -> str:
         """A log-safe description: auth keys carry cleartext passwords and are never shown."""
         what = f"{self.op} {self.service or self.raw_service}".rstrip()
