@@ -6,15 +6,16 @@ opensmtpd-table-procexec package or `opensmtpd-table install procexec` puts it t
     table aliases "procexec:/usr/local/bin/table-foobar -f /etc/mail/foobar.conf"
 
 smtpd runs ``table-procexec`` with argv[0] = the table name and argv[1] = the whole child
-command line, and speaks imsg on fd 0 only (table-protocols.md §1.1). The command line is
-split like a shell would (quotes, backslashes; no variables, no globbing, no shell) and
-run with argv[0] = the table name, the socket on fd 0 and fd 1, stderr to a pipe whose
-lines reach smtpd's log prefixed with the table name: exactly as smtpd 7.6 runs a table.
+command line, and speaks imsg on fd 0 only (docs/table-procexec.md, table-procexec(5)).
+The command line is split like a shell would (quotes, backslashes; no variables, no
+globbing, no shell) and run with argv[0] = the table name, the socket on fd 0 and fd 1,
+stderr to a pipe whose lines reach smtpd's log prefixed with the table name: exactly as
+smtpd 7.6 runs a table.
 
 Options (for a launcher, or by hand; the environment variable in brackets is read when
 the option is absent, so smtpd's environment can set it too):
 
-  --protocol auto|native|2020  [TABLE_PROCEXEC_PROTOCOL]   default auto (see dialect.py)
+  --protocol auto|native|2020  [TABLE_PROCEXEC_PROTOCOL]   default auto (probe the child)
   --form-2020 named|unnamed    [TABLE_PROCEXEC_FORM_2020]   default named (2020 requests
                                carry the table name, as go/py-opensmtpd expect)
   --deadline S                 [TABLE_PROCEXEC_DEADLINE]   default 5
