@@ -70,6 +70,23 @@ class Syslog:
         lines.append(f"mount --rbind {shlex.quote(str(scratch))} {shlex.quote(str(dev))}")
         return "\n".join(lines)
 
+    def run(self, argv: list[str], scratch: Path, **kwargs: object,
+            ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` (no smtpd) where /dev/log is this syslog, stderr on /dev/null as a
+        daemonized smtpd leaves it."""
+        script = "\n".join((self.private_dev_script(Path("/dev"), scratch), 'exec "$@"'))
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script, "sh", *argv], stderr=subprocess.DEVNULL,
+                              check=False, timeout=60, **kwargs)  # type: ignore[call-overload]
+
+    def wait_for(self, needle: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ SIGINT do the same.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -37,7 +38,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..extras import self_test
-from ..stdio import setup_logging
+from ..stdio import setup_logging, stderr_is_devnull
 from ..table.wire.procexec2020 import FORMS
 from .bridge import Bridge
 from .runtime import Runtime
@@ -107,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, settings, command = parse_args(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
-        print(f"table-procexec: {exc}", file=sys.stderr)
+        if stderr_is_devnull():  # smtpd daemonized: the mail log, not nowhere
+            setup_logging("table-procexec")
+            logging.getLogger("opensmtpd.procexec").error("%s", exc)
+        else:
+            print(f"table-procexec: {exc}", file=sys.stderr)
         return EX_USAGE
     if args.self_test:
         return self_test("table-procexec")
