@@ -85,6 +85,8 @@ class StaticEntries(Generic[V]):
 
     def lookup(self, service: Service, key: str) -> V | None:
         """The value of the entry found; None when none is (or the entry has none)."""
+        if service not in _MATCHED:  # find(), inlined for the equal key: the hot path
+            return self.values.get(key.lower() if key.isascii() else ascii_lower(key))
         found = self.find(service, key)
         return None if found is None else self.values[found]
 

@@ -33,7 +33,6 @@ from .events import (
     Reply,
     Request,
     Updated,
-    make_request,
 )
 from .services import Service
 
@@ -42,6 +41,8 @@ _CLIENT_SECRETS = (Service.AUTH, Service.CREDENTIALS)
 _OPS = {op.value: op for op in Op}
 _HEADS = {op: f"{op.value}-result|" for op in Op}
 _SERVICES = {service.value: service for service in Service}
+_KEYED = {"lookup": Op.LOOKUP, "check": Op.CHECK}
+_new = tuple.__new__  # _new(Request, fields): Request(...) without its Python-level __new__
 _UPDATE, _CHECK, _LOOKUP, _FETCH = Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH
 # smtpd sends four config lines (§3.2); a peer that sends more gets them ignored, so the
 # handshake state stays bounded whatever arrives (docs/limits.md).
@@ -53,6 +54,11 @@ _KNOWN_CONFIG = frozenset(("smtpd-version", "protocol", "tablename"))
 def parse_request(line: str) -> Request | Malformed:
     """Parse one request line (without its newline)."""
     fields = line.split("|", 7)
+    if len(fields) == 8 and fields[6] and fields[0] == "table" and fields[1] == PROTOCOL_VERSION:
+        op = _KEYED.get(fields[4])
+        if op is not None:  # the hot shape, check or lookup, whole and valid: one step
+            return _new(Request, (op, fields[6], fields[3], _SERVICES.get(fields[5]),
+                                  fields[7], fields[5]))
     if len(fields) < 6 or fields[0] != "table":
         # never quote the line: it may be the tail of a key carrying a password
         return Malformed(f"not a table request ({len(line)} bytes, {line.count('|')} '|')")
@@ -74,9 +80,8 @@ def parse_request(line: str) -> Request | Malformed:
         return Malformed("empty request id", op=op)
     if fields[1] != PROTOCOL_VERSION:
         return Malformed(f"unsupported protocol version {fields[1][:20]!r}", id=request_id, op=op)
-    return make_request(op, request_id, fields[3], _SERVICES.get(raw_service) if raw_service
-                        else None, fields[7] if op is _LOOKUP or op is _CHECK else None,
-                        raw_service)
+    return Request(op, request_id, fields[3], _SERVICES.get(raw_service),
+                   fields[7] if op is _LOOKUP or op is _CHECK else None, raw_service)
 
 
 class TableSide:
