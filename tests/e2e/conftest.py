@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from harness.prometheus import Prometheus
 from harness.smtpd import Root, Smtpd, chroot_mounts, free_port
 
 from .paths import REPO
@@ -130,11 +131,13 @@ def workdir(request: pytest.FixtureRequest) -> Callable[[Root], tuple[Path, str]
 def smtpd(tmp_path: Path) -> Iterator[Callable[..., Smtpd]]:
     started: list[Smtpd] = []
 
-    def make(root: Root, conf: str, backends: dict[str, str] | None = None) -> Smtpd:
+    def make(root: Root, conf: str, backends: dict[str, str] | None = None,
+             env: dict[str, str] | None = None) -> Smtpd:
         """An smtpd for ``conf``; ``backends`` (table-NAME -> program) are installed
-        while it holds the root's lock and removed when it stops."""
+        while it holds the root's lock and removed when it stops; ``env`` is added to
+        smtpd's environment (its tables and filters inherit it)."""
         server = Smtpd(root, conf, tmp_path / f"smtpd-{root.name}-{len(started)}.log",
-                       root.smtpd_env(), backends=backends or {})
+                       {**root.smtpd_env(), **(env or {})}, backends=backends or {})
         started.append(server)
         return server
 
@@ -168,3 +171,16 @@ def sink() -> Iterator[Sink]:
         yield server
     finally:
         server.controller.stop()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, int]], Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(targets: dict[str, int]) -> Prometheus:
+        started.append(Prometheus(tmp_path, targets))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()

@@ -203,7 +203,7 @@ def test_huge_ids_do_not_split_a_data_line_into_thousands(tmp_path: Path) -> Non
 def test_a_reply_is_never_cut_to_nothing_by_long_ids() -> None:
     """fit() cut a reject to fit 2,047 bytes after the ids: with ids longer than that it
     cut it to nothing, ``reject|`` (smtpd exits: "Missing parameter")."""
-    from opensmtpd.filter.responses import fit
+    from opensmtpd.filter.wire.decisions import fit
     head = "filter-result|" + "i" * 2008 + "|" + f"{7:016x}"
     line = fit(head, "reject|451 4.3.0 Try again later", 2047)
     judge = FilterJudge(smtp_out=False, report_decision=False)

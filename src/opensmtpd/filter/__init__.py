@@ -1,21 +1,35 @@
 """Write OpenSMTPD proc-exec filters in Python, for every filter protocol (0.4 to 0.7).
 
-Two APIs: the ``Filter`` object with decorators, and module-level callbacks in the spirit
-of the seed (``filter.on_report(...)``, ``filter.on_filter(...)``, ``filter.dispatch()``).
+    from opensmtpd.filter import Filter, reject
+
+    f = Filter()
+
+    @f.on_phase("mail-from")
+    def mail_from(session, query):
+        if query.param.endswith("@spam.test"):
+            return reject("550 5.7.1 Not from you")
+
+    f.run()
+
+The decisions keep the protocol's names (proceed, junk, reject, disconnect, rewrite,
+report). The protocol itself, sans-IO and both ends, is ``opensmtpd.filter.wire``.
 """
 
 from ..smtpd_version import SmtpdVersion
-from .app import DEFAULT_TEMPFAIL, Filter
-from .callbacks import (
-    configure,
-    dispatch,
-    on_config,
-    on_data_line,
-    on_filter,
-    on_message,
-    on_report,
+from ._filter import Filter
+from ._handlers import DEFAULT_TEMPFAIL
+from ._session import Session, Sessions
+from .wire.decisions import (
+    Decision,
+    InvalidDecision,
+    disconnect,
+    junk,
+    proceed,
+    reject,
+    report,
+    rewrite,
 )
-from .events import (
+from .wire.events import (
     PHASES,
     REPORT_EVENTS,
     RESPONSE_PHASES,
@@ -47,25 +61,13 @@ from .events import (
     TxRollback,
     UnknownReport,
 )
-from .responses import (
-    Decision,
-    InvalidResponse,
-    disconnect,
-    junk,
-    proceed,
-    reject,
-    report,
-    rewrite,
-)
-from .session import Session
 
 __all__ = [
     "DEFAULT_TEMPFAIL", "PHASES", "REPORT_EVENTS", "RESPONSE_PHASES", "SMTP_IN", "SMTP_OUT",
     "Config", "DataLine", "Decision", "Filter", "FilterReport", "FilterResponse",
-    "InvalidResponse", "LinkAuth", "LinkConnect", "LinkDisconnect", "LinkGreeting", "LinkIdentify",
-    "LinkTLS", "Malformed", "ProtocolClient", "ProtocolServer", "Query", "Report", "Session",
-    "SmtpdVersion", "Timeout", "TxBegin", "TxCommit", "TxData", "TxEnvelope", "TxMail", "TxRcpt",
-    "TxReset", "TxRollback", "UnknownReport", "configure", "disconnect", "dispatch", "junk",
-    "on_config", "on_data_line", "on_filter", "on_message", "on_report", "proceed", "reject",
-    "report", "rewrite",
+    "InvalidDecision", "LinkAuth", "LinkConnect", "LinkDisconnect", "LinkGreeting",
+    "LinkIdentify", "LinkTLS", "Malformed", "ProtocolClient", "ProtocolServer", "Query",
+    "Report", "Session", "Sessions", "SmtpdVersion", "Timeout", "TxBegin", "TxCommit",
+    "TxData", "TxEnvelope", "TxMail", "TxRcpt", "TxReset", "TxRollback", "UnknownReport",
+    "disconnect", "junk", "proceed", "reject", "report", "rewrite",
 ]

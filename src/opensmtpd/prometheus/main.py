@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from opensmtpd import __version__
 from opensmtpd.extras import MissingExtra, require, self_test
 from opensmtpd.filter import Filter
-from opensmtpd.filter.runtime import setup_logging
+from opensmtpd.stdio import setup_logging
 
 from .exporter import DEFAULT_ADDRESS, Exporter, parse_address
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if words[:1] == ["--self-test"]:
         return self_test("filter-prometheus", needs=("prometheus_client",))
-    setup_logging("prometheus")
+    setup_logging("filter prometheus")
     args = options(words)
     try:
         require("prometheus_client")

@@ -200,7 +200,7 @@ class SmtpdMetrics:
         }
         assert tuple(handlers) == EVENTS
         for event, handler in handlers.items():
-            f.on_report(event, handler, subsystem="*")
+            f.on_report(event, subsystem="*")(handler)
         f.on_config(lambda config: self.set_build_info(config.smtpd_version))
         f.on_malformed(self.malformed)
         f.on_unknown(self.unknown)

@@ -11,12 +11,12 @@ from opensmtpd.filter import Filter, reject
 f = Filter()
 
 
-@f.phase("wiz")
+@f.on_phase("wiz")
 def wiz(session, query):
     return None
 
 
-@f.phase("mail-from")
+@f.on_phase("mail-from")
 def mail_from(session, query):
     if query.param.startswith("spam@"):
         return reject("550 5.7.1 No spam here")

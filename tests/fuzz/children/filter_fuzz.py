@@ -74,7 +74,7 @@ if ASYNC:
         await asyncio.sleep(0)
         seen(session, event)
 
-    f.report("*", subsystem="*")(seen_async)
+    f.on_report("*", subsystem="*")(seen_async)
 else:
 
     def phase(session, query):
@@ -82,10 +82,9 @@ else:
             time.sleep(0.01)
         return decide(query.param)
 
-    f.report("*", subsystem="*")(seen)
+    f.on_report("*", subsystem="*")(seen)
 
-for name in PHASES:
-    f.on_phase(name, phase)
+f.on_phase(*PHASES)(phase)
 
 if "message" in MODE:
 

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from opensmtpd.filter import Filter, Query, _runtime
+from opensmtpd.filter.wire import (
+    Config,
+    DataLine,
+    DataLines,
+    Event,
+    FilterSide,
+    Registration,
+    Result,
+    SmtpdSide,
+)
 
 from . import transcripts
 
@@ -93,7 +108,7 @@ ECHO = """
 
     f = Filter()
 
-    @f.phase("connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data",
+    @f.on_phase("connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data",
              "quit", "commit")
     def answer(session, query):
         print("stray output", query.phase)  # must not reach smtpd
@@ -102,12 +117,12 @@ ECHO = """
         if query.phase == "rcpt-to" and query.param.startswith("bad"):
             return reject("550 5.1.1 no")
 
-    @f.report("*")
+    @f.on_report("*")
     def seen(session, event):
         if event.name == "tx-mail":
             1 / 0
 
-    @f.data_line
+    @f.on_data_line
     def line(session, text):
         return None
 
@@ -138,6 +153,33 @@ def test_real_7_6_run_answered_exactly(child: Callable[[str], Child]) -> None:
     log = c.log()
     assert "stray output" in log  # print() went to stderr
     assert "ZeroDivisionError" in log
+
+
+def test_every_line_of_a_filter_process_taken_by_smtpds_end(
+        child: Callable[[str], Child]) -> None:
+    """The same run, spoken by SmtpdSide one event at a time: what smtpd 7.6 would read
+    from this process is one registration and one answer per query, never a line it
+    exits on (next_event raises where smtpd would)."""
+    smtpd, parser = SmtpdSide(), FilterSide()
+    run = transcripts.runs("7.6")[0]
+    parser.receive_data(("\n".join(run) + "\n").encode())
+    c = child(ECHO)
+    answers = []
+    for event in parser.next_events():
+        c.sock.sendall(smtpd.send(event))  # type: ignore[arg-type]
+        expected = 12 if isinstance(event, Config) else int(isinstance(event, (Query, DataLine)))
+        for line in c.lines(expected):
+            smtpd.receive_data(line.encode("utf-8", "surrogateescape") + b"\n")
+            answers += iter(smtpd.next_event, None)
+    assert c.close() == 0 and c.buffer == b""
+    assert isinstance(answers[0], Registration)
+    results = [a for a in answers if isinstance(a, Result)]
+    lines = [a for a in answers if isinstance(a, DataLines)]
+    queries = [line.split("|")[4] for line in run if line.startswith("filter|")]
+    assert len(results) == sum(phase != "data-line" for phase in queries)
+    assert len(lines) == queries.count("data-line") and len(answers) == 1 + len(queries)
+    assert [r.decision.action for r in results if r.decision.action != "proceed"] == [
+        "reject"]  # the rcpt-to of "bad…" in ECHO
 
 
 def test_handler_failure_then_policy_and_still_alive(child: Callable[[str], Child]) -> None:
@@ -177,7 +219,7 @@ ASYNC = """
 
     f = Filter(deadline=2.0, on_error="tempfail")
 
-    @f.phase("helo")
+    @f.on_phase("helo")
     async def helo(session, query):
         await asyncio.sleep({"slow": 1.0, "stuck": 30}.get(query.param, 0))
         return reject("550 5.7.1 " + query.param)
@@ -204,24 +246,25 @@ def test_async_sessions_run_concurrently(child: Callable[[str], Child]) -> None:
     assert c.close() == 0
 
 
-SEED_STYLE = """
-    from opensmtpd import filter
+PLAIN_FUNCTIONS = """
+    from opensmtpd.filter import Filter, reject
 
     def connected(session, event):
         session.state["rdns"] = event.rdns
 
     def mail_from(session, query):
         if session.state.get("rdns") == "<unknown>":
-            return filter.reject("550 5.7.1 no rDNS")
+            return reject("550 5.7.1 no rDNS")
 
-    filter.on_report("link-connect", connected)
-    filter.on_filter("mail-from", mail_from)
-    filter.dispatch()
+    f = Filter()
+    f.on_report("link-connect")(connected)  # the seed's callback style, one spelling
+    f.on_phase("mail-from")(mail_from)
+    f.run()
 """
 
 
-def test_seed_style_callback_api(child: Callable[[str], Child]) -> None:
-    c = child(SEED_STYLE)
+def test_functions_registered_without_decorators(child: Callable[[str], Child]) -> None:
+    c = child(PLAIN_FUNCTIONS)
     c.send(HANDSHAKE)
     assert c.lines(4) == ["register|report|smtp-in|link-connect",
                           "register|report|smtp-in|link-disconnect",
@@ -275,7 +318,7 @@ HOSTILE = """
 
     f = Filter()
 
-    @f.phase("mail-from")
+    @f.on_phase("mail-from")
     {prefix}def answer(session, query):
         if query.param.startswith("surrogate"):
             return reject("550 5.7.1 blocked: \\ud83d")  # no encoding can send this
@@ -305,3 +348,71 @@ def test_unencodable_exit_and_cancel_still_answered(child: Callable[[str], Child
             param, answer, c.log())
     assert c.proc.poll() is None  # still serving smtpd
     assert c.close() == 0
+
+
+# --- the runtime's sans-IO part: settle and drive ---
+
+
+def _query(phase: str, session: str = "0123456789abcdef") -> Query:
+    return Query("0.7", 1.0, "smtp-in", phase, session, "00000000000000ff", "x")
+
+
+def test_plain_dispatch_driven_without_a_loop() -> None:
+    """An async handler registered once the filter serves without a loop is a failure
+    answered per the policy, never a suspended dispatch (the batch would be lost)."""
+    f = Filter(on_error="tempfail")
+    f.on_phase("helo")(lambda session, query: None)
+    target = f._dispatcher
+    assert not target.awaits
+
+    async def late(session: object, query: object) -> None: ...
+
+    f.on_phase("mail-from")(late)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _runtime.drive(_runtime.settle(target, [_query("helo"), _query("mail-from")]))
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]  # closed, not leaked
+    assert out.decode().splitlines() == [
+        "filter-result|0123456789abcdef|00000000000000ff|proceed",
+        "filter-result|0123456789abcdef|00000000000000ff|reject|" + f.tempfail_reply]
+
+
+class fake_CrashingDispatch:
+    """A dispatcher whose dispatch itself fails (a bug no real input triggers on demand)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.side = FilterSide()
+        self.awaits = False
+        self.name: str | None = None
+        self.is_async = False
+
+    async def dispatch(self, event: Event) -> bytes:
+        raise self.exc
+
+    def answer_anyway(self, event: Event) -> bytes:
+        if isinstance(self.exc, MemoryError):
+            raise self.exc
+        return b"anyway\n"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("bug"), SystemExit(3), UnicodeEncodeError(
+    "utf-8", "\ud800", 0, 1, "surrogate")])
+def test_settle_turns_any_failure_into_the_policy_answer(exc: BaseException) -> None:
+    target = fake_CrashingDispatch(exc)
+    assert _runtime.drive(_runtime.settle(target, [_query("helo"), _query("helo")])) == \
+        b"anyway\nanyway\n"
+
+
+def test_settle_survives_even_the_policy_answer_failing() -> None:
+    target = fake_CrashingDispatch(MemoryError())
+    assert _runtime.drive(_runtime.settle(target, [_query("helo")])) == b""
+
+
+def test_drive_refuses_a_suspending_coroutine() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="suspended"):
+        _runtime.drive(suspends())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .events import LinkAuth, LinkConnect, LinkIdentify, LinkTLS, Report, TxBegin, TxReset
+from .wire.events import LinkAuth, LinkConnect, LinkIdentify, LinkTLS, Report, TxBegin, TxReset
 
 
 class Session:

@@ -1,19 +1,25 @@
-"""Plain value classes for what smtpd sends a filter: the handshake, report events,
-filter-phase queries and data lines (sans-IO; reference: filter-protocol.md §2–§4).
+"""The events of the filter protocol, both ways (sans-IO; filter-protocol.md §2–§4).
+
+smtpd -> filter: the handshake (``Config``), report events, filter-phase queries
+(``Query``), data lines (``DataLine``), and ``Malformed`` for what cannot be parsed.
+filter -> smtpd: ``Registration``, ``Result`` (a decision for a query) and ``DataLines``.
+Each side sends one set and receives the other (``FilterSide``, ``SmtpdSide``).
 
 Events are slotted dataclasses, not frozen ones: a frozen dataclass costs five times more
 to build, and tens of thousands of them pass every second. Treat them as read-only.
 
 Every report carries the fields of its event in the order of protocol 0.7, whatever the
-version on the wire (``protocol.py`` swaps the fields of older versions).
+version on the wire (``parse.py`` swaps the fields of older versions).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..smtpd_version import NO_WIZ_PHASE, SmtpdVersion, parse_smtpd_version
+from ...smtpd_version import NO_WIZ_PHASE, SmtpdVersion, parse_smtpd_version
+from .decisions import Decision
 
 SMTP_IN = "smtp-in"
 SMTP_OUT = "smtp-out"
@@ -313,3 +319,38 @@ class Malformed:
 
 
 Event = Config | Report | Query | DataLine | Malformed
+"""What smtpd sends a filter (``FilterSide.next_event``)."""
+
+
+# --- filter -> smtpd ---
+
+
+@dataclass(slots=True)
+class Registration:
+    """What the filter asks for (``register|…`` lines, then ``register|ready``): report
+    events per subsystem (``*`` for all) and smtp-in filter phases."""
+
+    reports: Mapping[str, Collection[str]]
+    phases: Collection[str]
+
+
+@dataclass(slots=True)
+class Result:
+    """The answer to one query: a decision (``decisions.py``); None proceeds."""
+
+    query: Query
+    decision: Decision | None
+
+
+@dataclass(slots=True)
+class DataLines:
+    """Message lines sent for data-line ``query``: unstuffed text, one line each; ``end``
+    sends the final ``.`` (owed exactly once, when answering the ``.`` smtpd sent)."""
+
+    query: DataLine
+    lines: Sequence[str]
+    end: bool = False
+
+
+Answer = Registration | Result | DataLines
+"""What a filter sends smtpd (``FilterSide.send``, ``SmtpdSide.next_event``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opensmtpd.filter.dataline import for_smtpd, output_lines, stuff, unstuff
+from opensmtpd.filter.wire.dataline import for_smtpd, output_lines, stuff, unstuff
 
 
 def test_stuffing() -> None:

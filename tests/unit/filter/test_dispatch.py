@@ -1,4 +1,5 @@
-"""Dispatch without I/O: real transcripts through a Filter, sessions, the error policy."""
+"""Dispatch without I/O (``Filter.feed``): real transcripts through a Filter, sessions,
+the error policy, data lines, async handlers."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from opensmtpd.filter import (
     report,
     rewrite,
 )
-from opensmtpd.filter.protocol import FilterSide
 
 from . import transcripts
 from .transcripts import VERSIONS
@@ -35,12 +35,9 @@ TOKEN = "00000000000000ff"
 
 
 def feed(f: Filter, lines: list[str]) -> list[str]:
-    """Lines through the filter as smtpd sends them; one FilterSide per filter."""
-    side = f.__dict__.setdefault("test_side", FilterSide())
-    out: list[str] = []
-    for event in side.receive_data(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")):
-        out += f.handle(event)
-    return out
+    """Lines through the filter as smtpd sends them (one pipe per filter)."""
+    out = f.feed(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+    return out.decode("utf-8", "surrogateescape").splitlines()
 
 
 def q(phase: str, param: str = "", version: str = "0.7", sid: str = SID) -> str:
@@ -70,16 +67,19 @@ def out_data(line: str) -> str:
 
 @pytest.mark.parametrize("smtpd", VERSIONS)
 def test_transcript_every_query_answered_once_in_order(smtpd: str) -> None:
-    f = Filter()
     seen: list[str] = []
-    for phase in ("connect", "helo", "ehlo", "starttls", "auth", "mail-from", "rcpt-to",
-                  "data", "rset", "quit", "noop", "commit"):
-        f.on_phase(phase, lambda session, query: seen.append(query.phase))
-    f.on_data_line(lambda session, line: None)
+
+    def build() -> Filter:
+        f = Filter()
+        f.on_phase("connect", "helo", "ehlo", "starttls", "auth", "mail-from", "rcpt-to",
+                   "data", "rset", "quit", "noop", "commit")(
+            lambda session, query: seen.append(query.phase))
+        f.on_data_line(lambda session, line: None)
+        return f
+
     out = []
-    for run in transcripts.runs(smtpd):
-        f.__dict__.pop("test_side", None)  # a new smtpd run: a new pipe
-        out += [line for line in feed(f, run) if not line.startswith("register|")]
+    for run in transcripts.runs(smtpd):  # a new smtpd run: a new pipe, a new process
+        out += [line for line in feed(build(), run) if not line.startswith("register|")]
     queries = [line for line in transcripts.events(smtpd) if line.startswith("filter|")]
     expected = []
     for line in queries:
@@ -97,16 +97,17 @@ def test_transcript_every_query_answered_once_in_order(smtpd: str) -> None:
 
 @pytest.mark.parametrize("smtpd", VERSIONS)
 def test_transcript_reports_and_sessions(smtpd: str) -> None:
-    f = Filter()
     got: dict[tuple[str, str], int] = {}
 
-    @f.report(subsystem="*")
     def count(session: Session, event: Report) -> None:
         assert (session.subsystem, session.id) == (event.subsystem, event.session)
         got[(event.subsystem, event.name)] = got.get((event.subsystem, event.name), 0) + 1
 
-    for run in transcripts.runs(smtpd):
-        f.__dict__.pop("test_side", None)
+    filters = []
+    for run in transcripts.runs(smtpd):  # a new smtpd run: a new pipe, a new process
+        f = Filter()
+        f.on_report(subsystem="*")(count)
+        filters.append(f)
         assert feed(f, run)[0] == "register|report|smtp-in|*"
     reports = [line.split("|") for line in transcripts.events(smtpd)
                if line.startswith("report|")]
@@ -116,22 +117,24 @@ def test_transcript_reports_and_sessions(smtpd: str) -> None:
     assert got == expected
     # every session of the transcripts ended with link-disconnect, except smtpd 6.8's
     # idle one (its timeout/disconnect close the run) and smtp-out ones cut by the stop
-    assert len(f.sessions) <= 3
+    assert sum(len(f.sessions) for f in filters) <= 3
 
 
 def test_registration_follows_handlers_and_config() -> None:
-    f = Filter(on_error="tempfail")
-    f.on_report("tx-mail", lambda s, e: None, subsystem="*")
-    f.on_report("link-auth", lambda s, e: None)
-    f.on_phase("mail-from", lambda s, q: None)
-    f.on_message(lambda s, lines: None)
-    assert feed(f, HANDSHAKE_68) == [
+    def build() -> Filter:
+        f = Filter(on_error="tempfail")
+        f.on_report("tx-mail", subsystem="*")(lambda s, e: None)
+        f.on_report("link-auth")(lambda s, e: None)
+        f.on_phase("mail-from")(lambda s, q: None)
+        f.on_message(lambda s, lines: None)
+        return f
+
+    assert feed(build(), HANDSHAKE_68) == [
         "register|report|smtp-in|link-disconnect", "register|report|smtp-in|link-auth",
         "register|report|smtp-in|tx-mail", "register|filter|smtp-in|mail-from",
         "register|filter|smtp-in|data-line", "register|filter|smtp-in|commit",
         "register|ready"]
-    f.__dict__.pop("test_side")
-    out = feed(f, HANDSHAKE_76)
+    out = feed(build(), HANDSHAKE_76)
     assert "register|report|smtp-out|tx-mail" in out
     assert "register|report|smtp-out|link-disconnect" in out
 
@@ -139,13 +142,13 @@ def test_registration_follows_handlers_and_config() -> None:
 def test_unknown_names_refused_at_registration() -> None:
     f = Filter()
     with pytest.raises(ValueError):
-        f.on_report("link-reset", lambda s, e: None)  # there is no such event (tx-reset)
+        f.on_report("link-reset")  # there is no such event (tx-reset): refused at once
     with pytest.raises(ValueError):
-        f.on_report("link-connect", lambda s, e: None, subsystem="smtp-sideways")
+        f.on_report("link-connect", subsystem="smtp-sideways")
     with pytest.raises(ValueError):
-        f.on_phase("connected", lambda s, q: None)  # the report name, not the phase name
+        f.on_phase("connected")  # the report name, not the phase name
     with pytest.raises(ValueError):
-        f.on_phase("data-line", lambda s, q: None)
+        f.on_phase("data-line")
     f.on_data_line(lambda s, line: None)
     with pytest.raises(ValueError):
         f.on_message(lambda s, lines: None)
@@ -168,8 +171,8 @@ HANDSHAKE_79 = [line.replace("7.6.0", "7.9.0") for line in HANDSHAKE_76]
 def test_wiz_handler_not_registered_where_fatal(handshake: list[str], logged: str,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     f = Filter()
-    f.on_phase("wiz", lambda s, q: None)
-    f.on_phase("mail-from", lambda s, q: reject("550 5.7.1 no"))
+    f.on_phase("wiz")(lambda s, q: None)
+    f.on_phase("mail-from")(lambda s, q: reject("550 5.7.1 no"))
     with caplog.at_level(logging.WARNING, logger="opensmtpd.filter"):
         out = feed(f, handshake)
     assert out == ["register|report|smtp-in|link-disconnect",
@@ -183,7 +186,7 @@ def test_wiz_handler_registered_where_smtpd_has_the_phase(
         caplog: pytest.LogCaptureFixture) -> None:
     for handshake in (HANDSHAKE_68, HANDSHAKE_76):
         f = Filter()
-        f.on_phase("wiz", lambda s, q: None)
+        f.on_phase("wiz")(lambda s, q: None)
         with caplog.at_level(logging.WARNING, logger="opensmtpd.filter"):
             assert "register|filter|smtp-in|wiz" in feed(f, handshake)
     assert not caplog.records
@@ -199,7 +202,7 @@ def test_nothing_registered_is_still_a_valid_handshake() -> None:
 def test_sessions_keyed_by_subsystem_and_cleared() -> None:
     f = Filter()
     sessions: list[Session] = []
-    f.on_report("*", lambda s, e: sessions.append(s), subsystem="*")
+    f.on_report("*", subsystem="*")(lambda s, e: sessions.append(s))
     feed(f, [*HANDSHAKE_76,
              rep("link-connect", "mx.test|pass|192.0.2.1:1234|192.0.2.2:25"),
              rep("link-connect", "peer.test|pass|192.0.2.2:4567|192.0.2.9:25", sub="smtp-out"),
@@ -222,9 +225,9 @@ def test_sessions_keyed_by_subsystem_and_cleared() -> None:
 def test_smtp_out_quirks() -> None:
     f = Filter()
     ends: list[Session] = []
-    f.on_report("link-disconnect", lambda s, e: ends.append(s), subsystem="smtp-out")
-    f.on_report("link-connect", lambda s, e: None, subsystem="smtp-out")
-    f.on_report("tx-reset", lambda s, e: None, subsystem="smtp-out")
+    f.on_report("link-disconnect", subsystem="smtp-out")(lambda s, e: ends.append(s))
+    f.on_report("link-connect", subsystem="smtp-out")(lambda s, e: None)
+    f.on_report("tx-reset", subsystem="smtp-out")(lambda s, e: None)
     feed(f, [*HANDSHAKE_76,
              rep("link-disconnect", sub="smtp-out"),  # never connected
              rep("tx-reset", "0000abcd", sub="smtp-out", sid="1" * 16),  # no tx-begin
@@ -238,7 +241,7 @@ def test_smtp_out_quirks() -> None:
 
 def test_session_table_is_bounded() -> None:
     f = Filter(max_sessions=100)
-    f.on_report("link-connect", lambda s, e: None)
+    f.on_report("link-connect")(lambda s, e: None)
     evicted: list[str] = []
     f.on_evict(lambda session: evicted.append(session.id))
     feed(f, [*HANDSHAKE_68, *(rep("link-connect", f"h{i}|pass|1.2.3.4:{i}|5.6.7.8:25",
@@ -252,7 +255,7 @@ def test_session_table_is_bounded() -> None:
 def test_unknown_events_reach_wildcard_and_unknown_handlers() -> None:
     f = Filter()
     seen: list[str] = []
-    f.on_report("*", lambda s, e: seen.append(e.name))
+    f.on_report("*")(lambda s, e: seen.append(e.name))
     f.on_unknown(lambda s, e: seen.append("unknown:" + e.name))
     feed(f, [*HANDSHAKE_76, rep("link-teleport", "x"), rep("link-connect", "a|pass|b|c"),
              rep("link-connect", "x", sub="stats")])
@@ -270,7 +273,7 @@ def test_decisions_reach_the_wire() -> None:
                                  "rcpt-to": reject("550 5.1.1 no such user"),
                                  "data": disconnect("421 4.7.0 go"), "commit": report("hi")}
     for phase, decision in decisions.items():
-        f.on_phase(phase, lambda s, query, d=decision: d)
+        f.on_phase(phase)(lambda s, query, d=decision: d)
     out = feed(f, [*HANDSHAKE_76, *(q(p) for p in decisions)])
     assert out[-5:] == [answer("junk"), answer("rewrite|<x@y.test>"),
                         answer("reject|550 5.1.1 no such user"),
@@ -280,14 +283,14 @@ def test_decisions_reach_the_wire() -> None:
 def test_query_fields_given_to_the_handler() -> None:
     f = Filter()
     got: list[Query] = []
-    f.on_phase("connect", lambda s, query: got.append(query))
+    f.on_phase("connect")(lambda s, query: got.append(query))
     feed(f, [*HANDSHAKE_68, q("connect", "host|with|pipes|[2001:db8::1]", "0.6")])
     assert got[0].rdns == "host|with|pipes" and got[0].src == "[2001:db8::1]"
 
 
 def test_answer_order_0_4() -> None:
     f = Filter()
-    f.on_phase("helo", lambda s, query: None)
+    f.on_phase("helo")(lambda s, query: None)
     out = feed(f, ["config|smtpd-version|6.6.4p1", "config|ready", q("helo", "x", "0.4")])
     assert out == ["register|report|smtp-in|link-disconnect", "register|filter|smtp-in|helo",
                    "register|ready", f"filter-result|{TOKEN}|{SID}|proceed"]
@@ -311,7 +314,7 @@ def boom(*args: Any) -> Any:
 def test_handler_exception_policy(policy: Any, phase: str, expected: str,
                                   caplog: pytest.LogCaptureFixture) -> None:
     f = Filter(on_error=policy)
-    f.on_phase(phase, boom)
+    f.on_phase(phase)(boom)
     out = feed(f, [*HANDSHAKE_76, q(phase)])
     assert out[-1] == answer(expected)
     assert "RuntimeError" in caplog.text
@@ -319,7 +322,7 @@ def test_handler_exception_policy(policy: Any, phase: str, expected: str,
 
 def test_auth_exception_text_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     f = Filter()
-    f.on_phase("auth", boom)
+    f.on_phase("auth")(boom)
     out = feed(f, [*HANDSHAKE_76, q("auth", "PLAIN AGFsaWNlAFNlY3JldDE=")])
     assert out[-1] == answer("proceed")
     assert "RuntimeError" in caplog.text
@@ -329,7 +332,7 @@ def test_auth_exception_text_not_logged(caplog: pytest.LogCaptureFixture) -> Non
 @pytest.mark.parametrize("bad", ["550 no", 42, junk(), report("x")])
 def test_invalid_decisions_follow_the_policy(bad: Any, caplog: pytest.LogCaptureFixture) -> None:
     f = Filter(on_error="tempfail", tempfail_reply="450 4.7.1 later")
-    f.on_phase("commit", lambda s, query: bad)
+    f.on_phase("commit")(lambda s, query: bad)
     out = feed(f, [*HANDSHAKE_68, q("commit", version="0.6")])  # report: 6.8 would exit
     assert out[-1] == answer("reject|450 4.7.1 later")
     assert "invalid decision" in caplog.text
@@ -338,8 +341,8 @@ def test_invalid_decisions_follow_the_policy(bad: Any, caplog: pytest.LogCapture
 def test_report_handler_exception_dropped_with_a_log(caplog: pytest.LogCaptureFixture) -> None:
     f = Filter()
     seen: list[str] = []
-    f.on_report("tx-mail", boom)
-    f.on_report("tx-mail", lambda s, e: seen.append(e.address))
+    f.on_report("tx-mail")(boom)
+    f.on_report("tx-mail")(lambda s, e: seen.append(e.address))
     out = feed(f, [*HANDSHAKE_76, *[rep("tx-mail", f"0000abcd|ok|a{i}@b.test")
                                     for i in range(50)]])
     assert out == ["register|report|smtp-in|link-disconnect", "register|report|smtp-in|tx-mail",
@@ -352,7 +355,7 @@ def test_malformed_query_still_answered(caplog: pytest.LogCaptureFixture) -> Non
     f = Filter()
     bad: list[str] = []
     f.on_malformed(lambda event: bad.append(event.reason))
-    f.on_phase("helo", lambda s, query: reject("550 no"))
+    f.on_phase("helo")(lambda s, query: reject("550 no"))
     out = feed(f, [*HANDSHAKE_76,
                    f"filter|7|1.0|smtp-in|helo|{SID}|{TOKEN}|x",
                    f"filter|0.7|later|smtp-in|data-line|{SID}|{TOKEN}|..x",
@@ -368,7 +371,7 @@ def test_data_line_handler_stuffing_and_end() -> None:
     f = Filter()
     got: list[str] = []
 
-    @f.data_line
+    @f.on_data_line
     def edit(session: Session, line: str) -> Any:
         got.append(line)
         if line == "drop me":
@@ -395,7 +398,7 @@ def test_message_handler() -> None:
     f = Filter()
     got: list[list[str]] = []
 
-    @f.message
+    @f.on_message
     def edit(session: Session, lines: list[str]) -> Any:
         got.append(lines)
         return None if len(got) == 1 else ["X-Filtered: yes", *lines, ".tail"]
@@ -423,7 +426,7 @@ def test_tempfail_policy_refuses_even_with_a_commit_handler() -> None:
     f = Filter(on_error="tempfail")
     f.on_message(lambda s, lines: boom() if lines == ["bad"] else None)
     asked: list[str] = []
-    f.phase("commit")(lambda s, query: asked.append(query.phase))
+    f.on_phase("commit")(lambda s, query: asked.append(query.phase))
     out = feed(f, [*HANDSHAKE_76, data("bad"), data("."), q("commit"),
                    data("good"), data("."), q("commit")])
     assert out[-6:] == [out_data("bad"), out_data("."),
@@ -449,34 +452,26 @@ def test_long_lines_kept_under_smtpd_limits(version: str, limit: int, count: int
 def test_async_handlers_and_deadline() -> None:
     f = Filter(deadline=0.2, on_error="tempfail")
 
-    @f.phase("helo")
+    @f.on_phase("helo")
     async def slow(session: Session, query: Query) -> Any:
         await asyncio.sleep(5 if query.param == "slow" else 0)
         return reject("550 5.7.1 no")
 
     seen: list[str] = []
 
-    @f.report("link-connect")
+    @f.on_report("link-connect")
     async def connected(session: Session, event: LinkConnect) -> None:
         await asyncio.sleep(0)
         seen.append(event.rdns)
 
-    @f.data_line
+    @f.on_data_line
     async def upper(session: Session, line: str) -> str:
         return line.upper()
 
     assert f.is_async
-    side = FilterSide()
-
-    async def run() -> list[str]:
-        out: list[str] = []
-        lines = [*HANDSHAKE_76, rep("link-connect", "r|pass|a|b"), q("helo", "fast"),
-                 q("helo", "slow"), data("x"), data(".")]
-        for event in side.receive_data(("\n".join(lines) + "\n").encode()):
-            out += await f.handle_async(event)
-        return out
-
-    out = asyncio.run(run())
+    lines = [*HANDSHAKE_76, rep("link-connect", "r|pass|a|b"), q("helo", "fast"),
+             q("helo", "slow"), data("x"), data(".")]
+    out = feed(f, lines)  # on an event loop of its own, events in order
     assert seen == ["r"]
     assert out[-4:] == [answer("reject|550 5.7.1 no"), answer("reject|" + f.tempfail_reply),
                         out_data("X"), out_data(".")]
@@ -485,5 +480,5 @@ def test_async_handlers_and_deadline() -> None:
 def test_no_handler_logs_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     f = Filter()
-    f.on_phase("helo", lambda s, query: None)
+    f.on_phase("helo")(lambda s, query: None)
     assert feed(f, [*HANDSHAKE_76, q("ehlo")])[-1] == answer("proceed")  # not registered

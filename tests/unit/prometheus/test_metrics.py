@@ -9,12 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from opensmtpd.filter import Filter
-from opensmtpd.filter.protocol import FilterSide
 from opensmtpd.prometheus.main import build
 from opensmtpd.prometheus.metrics import EVENTS, SmtpdMetrics, address_family, reply_class
 
-from . import transcripts
-from .transcripts import VERSIONS
+from ..filter import transcripts
+from ..filter.transcripts import VERSIONS
 
 SID = "0123456789abcdef"
 
@@ -22,16 +21,12 @@ SID = "0123456789abcdef"
 class Rig:
     def __init__(self, *handshake: str, max_sessions: int = 100_000) -> None:
         self.filter, self.metrics, self.registry = build(max_sessions)
-        self.side = FilterSide()
         self.registration = self.feed(*(handshake or (
             "config|smtpd-version|7.6.0-portable", "config|protocol|0.7",
             "config|subsystem|smtp-in", "config|subsystem|smtp-out", "config|ready")))
 
     def feed(self, *lines: str) -> list[str]:
-        out: list[str] = []
-        for event in self.side.receive_data(("\n".join(lines) + "\n").encode()):
-            out += self.filter.handle(event)
-        return out
+        return self.filter.feed(("\n".join(lines) + "\n").encode()).decode().splitlines()
 
     def value(self, name: str, **labels: str) -> float:
         found = self.registry.get_sample_value(name, labels)
@@ -278,10 +273,7 @@ def test_handler_crash_never_stops_metrics() -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics.collector)
     metrics._by_direction.clear()  # every smtp-in/out handler now raises KeyError
-    side = FilterSide()
-    for event in side.receive_data(b"config|ready\n" + rep("tx-begin", "0000abcd").encode()
-                                   + b"\ngarbage\n"):
-        f.handle(event)
+    f.feed(b"config|ready\n" + rep("tx-begin", "0000abcd").encode() + b"\ngarbage\n")
     assert registry.get_sample_value("smtpd_exporter_unparsed_lines_total") == 1
 
 

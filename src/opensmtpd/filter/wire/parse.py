@@ -1,5 +1,5 @@
-"""The filter line protocol, filter side, sans-IO: bytes in, typed events out, answers in,
-lines out. Reference: filter-protocol.md §0–§4 (versions 0.4 to 0.7).
+"""What smtpd sends a filter, line by line: text in, typed events out (sans-IO).
+Reference: filter-protocol.md §0–§4 (versions 0.4 to 0.7).
 
 Every line is parsed by its own version field (smtpd announces its version only from 7.6):
 
@@ -16,17 +16,13 @@ what cannot be parsed becomes ``Malformed``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 
 from .events import (
-    PHASES,
     REPORT_EVENTS,
-    SMTP_IN,
-    SMTP_OUT,
     SUBSYSTEMS,
     Config,
     DataLine,
-    Event,
     FilterReport,
     FilterResponse,
     LinkAuth,
@@ -52,16 +48,6 @@ from .events import (
     UnknownReport,
 )
 
-ENCODING = "utf-8"
-ERRORS = "surrogateescape"  # every byte smtpd sends survives the round trip
-
-# smtpd -> filter lines reach ~66 KB (a 65535-byte DATA line plus the prefix, §5.6).
-# Anything far beyond is not from smtpd: it is dropped, so memory stays bounded.
-MAX_LINE = 256 * 1024
-# smtpd sends about six config lines (§2.1); more are ignored and values are cut, so the
-# handshake state stays bounded whatever arrives (docs/limits.md).
-MAX_CONFIG_ITEMS = 64
-MAX_CONFIG_VALUE = 2048
 LATEST = (0, 7)
 Version = tuple[int, int]
 
@@ -83,14 +69,6 @@ def parse_version(text: str) -> Version | None:
     if len(_VERSIONS) < 64:
         _VERSIONS[text] = version
     return version
-
-
-def decode(raw: bytes) -> str:
-    return raw.decode(ENCODING, ERRORS)
-
-
-def encode(text: str) -> bytes:
-    return text.encode(ENCODING, ERRORS)
 
 
 def excerpt(line: str, limit: int = 80) -> str:
@@ -299,115 +277,13 @@ def parse_config(lines: Collection[tuple[str, str]]) -> Config:
     )
 
 
-# --- framing ---
-
-
-class FilterSide:
-    """The filter's end of the pipe: smtpd's bytes in, events out.
-
-    Lines are split at ``\\n`` only (smtpd does so too, §0). Until ``config|ready`` the
-    lines are configuration; the ``Config`` event marks the end of the handshake.
-    """
-
-    __slots__ = ("_buffer", "_config", "_skipping", "config")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._skipping = False  # inside a line longer than MAX_LINE
-        self._config: list[tuple[str, str]] = []
-        self.config: Config | None = None
-
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Every event completed by ``data`` (an empty list while a line is incomplete)."""
-        buffer = self._buffer + data if self._buffer else data
-        end = buffer.rfind(b"\n")
-        if end < 0:
-            self._buffer = self._hold(buffer)
-            return []
-        self._buffer = self._hold(buffer[end + 1:])
-        lines = decode(buffer[:end]).split("\n")
-        events: list[Event] = []
-        if self._skipping:
-            self._skipping = False
-            events.append(Malformed(f"line longer than {MAX_LINE} bytes dropped",
-                                    excerpt(lines[0])))
-            del lines[0]
-        if self.config is None:
-            return self._handshake(lines, events)
-        report = parse_report
-        events.extend([report(line) if line[:7] == "report|" else parse_line(line)
-                       for line in lines])
-        return events
-
-    def discard(self) -> int:
-        """Drop buffered input (after an internal error); how many bytes were dropped."""
-        dropped, self._buffer, self._skipping = len(self._buffer), b"", False
-        return dropped
-
-    def _hold(self, rest: bytes) -> bytes:
-        if len(rest) > MAX_LINE:
-            self._skipping = True
-            return rest[:1024]  # enough to say what the line was
-        return rest
-
-    def _handshake(self, lines: list[str], events: list[Event]) -> list[Event]:
-        for index, line in enumerate(lines):
-            if self.config is not None:
-                events.extend(parse_line(rest) for rest in lines[index:])
-                break
-            if line == "config|ready":
-                self.config = parse_config(self._config)
-                events.append(self.config)
-                continue
-            head, _, rest = line.partition("|")
-            key, bar, value = rest.partition("|")
-            if head != "config" or not key:
-                events.append(Malformed("expected config|… before config|ready", excerpt(line)))
-            elif len(self._config) < MAX_CONFIG_ITEMS:
-                self._config.append((key[:64], value[:MAX_CONFIG_VALUE] if bar else ""))
-        return events
-
-
-# --- filter -> smtpd ---
-
-
-def registration(config: Config, reports: Mapping[str, Collection[str]],
-                 phases: Collection[str]) -> list[str]:
-    """The ``register|…`` lines, ``register|ready`` last (§2.2).
-
-    Only names smtpd knows (an unknown one is fatal), each once (a duplicate doubles the
-    events), ``*`` alone when given, smtp-out only when smtpd announced it (fatal on 6.6),
-    filter phases only for smtp-in and only those this smtpd accepts (``wiz`` is fatal
-    from 7.9 on: ``Config.accepts_phase``).
-    """
-    lines: list[str] = []
-    for subsystem in SUBSYSTEMS:
-        events = reports.get(subsystem)
-        if not events:
-            continue
-        if subsystem == SMTP_OUT and SMTP_OUT not in config.subsystems:
-            continue
-        names = ("*",) if "*" in events else [e for e in REPORT_EVENTS if e in events]
-        lines.extend(f"register|report|{subsystem}|{name}" for name in names)
-    lines.extend(f"register|filter|{SMTP_IN}|{phase}" for phase in PHASES
-                 if phase in phases and config.accepts_phase(phase))
-    lines.append("register|ready")
-    return lines
+# --- what smtpd takes back ---
 
 
 def order(version: str, session: str, token: str) -> str:
     """``SESSION|TOKEN``, or ``TOKEN|SESSION`` before 0.5 (§1)."""
     v = _VERSIONS.get(version) or parse_version(version) or LATEST
     return f"{token}|{session}" if v < (0, 5) else f"{session}|{token}"
-
-
-def filter_result(query: Query, wire: str) -> str:
-    """``filter-result|…|wire`` where ``wire`` is a validated decision (responses.py)."""
-    return f"filter-result|{order(query.version, query.session, query.token)}|{wire}"
-
-
-def filter_dataline(query: DataLine, line: str) -> str:
-    return f"filter-dataline|{order(query.version, query.session, query.token)}|{line}"
 
 
 def max_line(version: str) -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from .test_prometheus_metrics import Rig
-from .transcripts import events
+from ..filter.transcripts import events
+from .test_metrics import Rig
 
 OPS = Path(__file__).resolve().parents[3] / "ops"
 RULES = OPS / "prometheus" / "opensmtpd-alerts.yml"

@@ -1,4 +1,5 @@
-"""Decisions a filter answers a query with, checked here before smtpd sees them.
+"""Decisions a filter answers a query with (proceed, junk, reject, disconnect, rewrite,
+report: the protocol's names), checked here before smtpd sees them.
 
 smtpd exits on a malformed answer (filter-protocol.md §5.1) and replaces an SMTP reply it
 does not like with ``421 Internal server error`` (§4.2), so every rule is enforced locally:
@@ -28,7 +29,7 @@ _FORBIDDEN = re.compile(r"[\r\n\0]")
 MAX_REPLY = 4000  # smtpd's reply buffer is LINE_MAX*2 (§4.2): longer text is cut
 
 
-class InvalidResponse(ValueError):
+class InvalidDecision(ValueError):
     """A decision smtpd would refuse (fatal, or a 421 in place of the intended reply)."""
 
 
@@ -49,18 +50,18 @@ JUNK = Decision("junk")
 
 def check_reply(message: str) -> str:
     if not isinstance(message, str) or not _REPLY.match(message):
-        raise InvalidResponse(
+        raise InvalidDecision(
             f"an SMTP reply must be one line '4xx text' or '5xx text', got {message!r:.60}")
     if len(message) > MAX_REPLY:
-        raise InvalidResponse(f"SMTP reply longer than {MAX_REPLY} characters")
+        raise InvalidDecision(f"SMTP reply longer than {MAX_REPLY} characters")
     return _encodable("an SMTP reply", message)
 
 
 def _check_text(what: str, text: str) -> str:
     if not isinstance(text, str):
-        raise InvalidResponse(f"{what} must be a str, got {type(text).__name__}")
+        raise InvalidDecision(f"{what} must be a str, got {type(text).__name__}")
     if _FORBIDDEN.search(text):
-        raise InvalidResponse(f"{what} must not contain CR, LF or NUL")
+        raise InvalidDecision(f"{what} must not contain CR, LF or NUL")
     return _encodable(what, text)
 
 
@@ -69,7 +70,7 @@ def _encodable(what: str, text: str) -> str:
         try:
             text.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            raise InvalidResponse(f"{what} holds a lone surrogate: it cannot be written") \
+            raise InvalidDecision(f"{what} holds a lone surrogate: it cannot be written") \
                 from None
     return text
 
@@ -104,30 +105,30 @@ def report(text: str) -> Decision:
     return Decision("report", _check_text("a report text", text))
 
 
-def wire(decision: object, phase: str, *, report_allowed: bool) -> str:
+def to_wire(decision: object, phase: str, *, report_allowed: bool) -> str:
     """The decision as it goes after ``filter-result|SESSION|TOKEN|``.
 
-    Raises InvalidResponse when smtpd would fatal or misread it in this phase.
+    Raises InvalidDecision when smtpd would fatal or misread it in this phase.
     """
     if phase == "data-line":
-        raise InvalidResponse("data-line is answered with lines, not a decision")
+        raise InvalidDecision("data-line is answered with lines, not a decision")
     if decision is None or decision is PROCEED:
         return "proceed"
     if not isinstance(decision, Decision):
-        raise InvalidResponse(f"a filter handler must return a Decision or None, "
+        raise InvalidDecision(f"a filter handler must return a Decision or None, "
                               f"not {type(decision).__name__}")
     action, param = decision.action, decision.param
     if action in ("proceed", "junk"):
         if param is not None:
-            raise InvalidResponse(f"{action} takes no parameter")
+            raise InvalidDecision(f"{action} takes no parameter")
         if action == "junk" and phase == "commit":
-            raise InvalidResponse("junk is not allowed in the commit phase")
+            raise InvalidDecision("junk is not allowed in the commit phase")
         return action
     if action in ("reject", "disconnect"):
         return f"{action}|{check_reply(param or '')}"
     if action == "rewrite":
         if phase not in REWRITABLE:
-            raise InvalidResponse(f"rewrite has no effect in the {phase} phase "
+            raise InvalidDecision(f"rewrite has no effect in the {phase} phase "
                                   f"(only {', '.join(sorted(REWRITABLE))})")
         value = _check_text("a rewrite value", param or "")
         if phase in _BRACKETED and not (value.startswith("<") and value.endswith(">")):
@@ -135,24 +136,27 @@ def wire(decision: object, phase: str, *, report_allowed: bool) -> str:
         return f"rewrite|{value}"
     if action == "report":
         if not report_allowed:
-            raise InvalidResponse("report needs smtpd >= 7.6 (earlier ones exit on it)")
+            raise InvalidDecision("report needs smtpd >= 7.6 (earlier ones exit on it)")
         if phase not in REPORTABLE:
-            raise InvalidResponse(f"report would replace the {phase} parameter unchecked; "
+            raise InvalidDecision(f"report would replace the {phase} parameter unchecked; "
                                   "use rewrite")
         return f"report|{_check_text('a report text', param or '')}"
-    raise InvalidResponse(f"unknown action {action!r:.30}")
+    raise InvalidDecision(f"unknown action {action!r:.30}")
 
 
 def fit(head: str, answer: str, limit: int) -> str:
     """``head|answer`` if smtpd takes it back whole; a reject or disconnect reply is
-    shortened to fit (better a short reply than the command let through); anything else
-    too long raises."""
+    shortened to fit (better a short reply than the command let through); a too long
+    rewrite or report raises. proceed and junk have nothing to shorten: only ids far
+    longer than smtpd's make them long, and they go as they are."""
     line = f"{head}|{answer}"
     if len(line) * 4 <= limit or len(line.encode("utf-8", "surrogateescape")) <= limit:
         return line
     action, _, text = answer.partition("|")
+    if action in ("proceed", "junk"):
+        return line
     if action not in ("reject", "disconnect"):
-        raise InvalidResponse(f"answer longer than the {limit} bytes smtpd takes back")
+        raise InvalidDecision(f"answer longer than the {limit} bytes smtpd takes back")
     start = f"{head}|{action}|"
     keep = limit - len(start.encode("utf-8", "surrogateescape"))
     if keep < 16:  # the ids alone fill the line (never smtpd's): better long than invalid

@@ -18,7 +18,7 @@ from harness.smtpd import free_port
 from opensmtpd.prometheus.exporter import parse_address
 from opensmtpd.prometheus.main import DEFAULT_MAX_SESSIONS, options
 
-from .test_runtime import PYTHON
+from ..filter.test_runtime import PYTHON
 
 HANDSHAKE = (b"config|smtpd-version|7.6.0-portable\nconfig|protocol|0.7\n"
              b"config|subsystem|smtp-in\nconfig|subsystem|smtp-out\nconfig|ready\n")
