@@ -18,7 +18,7 @@ from typing import Any
 
 from ._table import Table, TempFail, _services
 from .match import ascii_lower
-from .static import StaticEntries
+from .static import MATCHED, StaticEntries
 from .wire.events import Op
 from .wire.services import ALL_BUT_AUTH, Service
 
@@ -142,11 +142,18 @@ class MappingTable(Table):
         return check
 
     def _looker(self, service: Service) -> Callable[[str], str | None]:
-        def lookup(key: str) -> str | None:
-            if self.error is not None:  # _entries(), inlined: the hot path
+        if service in MATCHED:
+            def lookup(key: str) -> str | None:
+                return self._entries().lookup(service, key)
+            return lookup
+
+        def lookup_equal(key: str) -> str | None:
+            """_entries() and StaticEntries.lookup() inlined (the hot path: two calls
+            fewer): this service finds only the entry equal to the key."""
+            if self.error is not None:
                 raise TempFail(self.error)
-            return self.static.lookup(service, key)
-        return lookup
+            return self.static.values.get(key.lower() if key.isascii() else ascii_lower(key))
+        return lookup_equal
 
     def _fetch(self) -> str | None:
         return self._entries().fetch()

@@ -58,7 +58,7 @@ MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
 # its deadline at the latest), so a burst of requests cannot grow memory (docs/limits.md).
 MAX_PENDING = 1024
 _monotonic = time.monotonic
-_read = os.read
+_read, _write = os.read, os.write
 _answer = tuple.__new__  # _answer(Answer, (op, id, reply)): Answer(...) at a third of the cost
 _RESULTS = {Found: "found", NotFound: "not-found", Error: "error", Updated: "ok"}
 _OFF = TableMetrics.off()
@@ -240,14 +240,15 @@ class Server:
         if metered:
             self.metrics.in_flight(1)
         inflight = self._inflight
+        deadline = started + table.deadline
         # No lock: one dict store is atomic, and the watchdog iterates over a snapshot.
-        inflight[request_id] = (request, started + table.deadline, True)
+        inflight[request_id] = (request, deadline, True)
         try:
             reply = table.answer(request)
         except Exception as exc:  # answer() itself must never take the table down
             reply = table.failure(request, exc)
         if type(reply) not in REPLY_TYPES and isinstance(reply, Coroutine):
-            self._dispatch_async(request, reply, inflight[request_id][1])
+            self._dispatch_async(request, reply, deadline)
             return
         # _finish(), inlined: the hot path. acquire/release rather than ``with``: the same
         # lock, without looking up and calling __enter__ and __exit__.
@@ -262,7 +263,11 @@ class Server:
                 data = self._unencodable(request, exc)
             if metered:  # before the write: counted by the time smtpd reads it
                 self._account(request, reply, started)  # type: ignore[arg-type]
-            if not write_all(self.outfd, data):
+            try:  # write_all(), inlined for the one write that nearly always suffices
+                written = _write(self.outfd, data)
+            except OSError:
+                written = 0  # write_all() below meets the error again, logs it, says gone
+            if written != len(data) and not write_all(self.outfd, data[written:]):
                 self._done.set()
         finally:
             self._release()

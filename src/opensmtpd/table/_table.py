@@ -168,7 +168,7 @@ class Table:
     def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]:
         """The reply to ``request``; a coroutine when its handler is ``async def``."""
         op, _, _, service, key, _ = request
-        registered = self._handlers.get((op, service))  # never an update, never None service
+        registered = self._handlers.get((op, service))  # type: ignore[arg-type]  # None: no entry
         if registered is not None and registered.plain:  # the hot path: fn(key), sync
             try:
                 result = registered.fn(key) if key is not None else registered.fn()
