@@ -123,9 +123,6 @@ class Server:
         if not write_all(self.outfd, data):  # smtpd is gone
             self._done.set()
 
-    def _read(self) -> bytes:
-        return read_some(self.infd)
-
     def _start(self, first: bytes) -> None:
         """Pick the codec from the first bytes (or the forced protocol)."""
         data = first
@@ -139,7 +136,7 @@ class Server:
                 protocol = "native"  # report every line as malformed from here
                 break
             if protocol is None:
-                more = self._read()
+                more = read_some(self.infd)
                 if not more:
                     self._done.set()
                     return
@@ -160,7 +157,7 @@ class Server:
         setup_logging()
         if self.outfd == 1:
             self.outfd = private_stdout()
-        first = self._read()
+        first = read_some(self.infd)
         if not first:
             return
         self._start(first)
@@ -321,10 +318,13 @@ class Server:
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:
         """An async handler's request (already counted in flight by _dispatch)."""
-        loop = self._event_loop()
         ordered = self.protocol == "imsg"  # no ids on imsg: replies in request order
         with self._lock:
+            if request.id not in self._inflight:  # answer() overran: answered already,
+                coro.close()  # and a new entry would be answered twice (fatal to smtpd)
+                return self._late(request)
             self._inflight[request.id] = (request, deadline, ordered)
+        loop = self._event_loop()
         self._slots.acquire()  # backpressure: wait for a handler to end (reader thread)
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         self._tasks[request.id] = future  # cancelled by the watchdog at the deadline

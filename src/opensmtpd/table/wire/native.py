@@ -54,11 +54,11 @@ _KNOWN_CONFIG = frozenset(("smtpd-version", "protocol", "tablename"))
 def parse_request(line: str) -> Request | Malformed:
     """Parse one request line (without its newline)."""
     fields = line.split("|", 7)
-    if len(fields) == 8 and fields[6] and fields[0] == "table" and fields[1] == PROTOCOL_VERSION:
-        op = _KEYED.get(fields[4])
-        if op is not None:  # the hot shape, check or lookup, whole and valid: one step
-            return _new(Request, (op, fields[6], fields[3], _SERVICES.get(fields[5]),
-                                  fields[7], fields[5]))
+    if len(fields) == 8:  # the hot shape, check or lookup: judged and built in one step
+        head, version, _, table, name, service, request_id, key = fields
+        op = _KEYED.get(name)
+        if op is not None and request_id and head == "table" and version == PROTOCOL_VERSION:
+            return _new(Request, (op, request_id, table, _SERVICES.get(service), key, service))
     if len(fields) < 6 or fields[0] != "table":
         # never quote the line: it may be the tail of a key carrying a password
         return Malformed(f"not a table request ({len(line)} bytes, {line.count('|')} '|')")
@@ -116,8 +116,7 @@ class TableSide:
             end = buf.find(b"\n")
             if end >= 0:
                 line = buf[:end].decode(ENCODING, ERRORS)
-                del buf[:end + 1]
-                lines.truncated = False
+                del buf[:end + 1]  # (``truncated`` is read only after next_line() below)
                 request = parse_request(line)
                 return self._whole(request) if buf else request  # nothing queued: whole
         while True:  # a loop, not recursion: any number of config lines in one read
