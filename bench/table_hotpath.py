@@ -97,8 +97,9 @@ def minimal(count: int, out: int, protocol: str) -> float:
     return time.process_time() - started
 
 
-def parts(count: int, out: int, protocol: str) -> None:
-    """Where the library's time goes: each stage of the path timed alone, best of 5."""
+def parts(count: int, out: int, protocol: str, only: str | None = None) -> None:
+    """Where the library's time goes: each stage of the path timed alone, best of 5
+    (``only``: that stage alone, run once, for callgrind)."""
     import threading
 
     from opensmtpd.table import MappingTable
@@ -151,8 +152,10 @@ def parts(count: int, out: int, protocol: str) -> None:
               ("deadline entry + lock (as _dispatch)", bookkeeping),
               ("one empty Python call (loop overhead)", empty)]
     for name, stage in stages:
+        if only is not None and stage.__name__ != only:
+            continue
         best = float("inf")
-        for _ in range(5):
+        for _ in range(5 if only is None else 1):
             started = time.process_time()
             for _ in range(count):
                 stage()
@@ -168,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=("native", "imsg"), default="native")
     parser.add_argument("--parts", action="store_true",
                         help="also time each stage of the library's path alone")
+    parser.add_argument("--stage", choices=("codec_in", "table_answer", "codec_out",
+                                            "write_reply", "bookkeeping", "empty"),
+                        help="run only this stage, once (instructions under callgrind)")
     args = parser.parse_args(argv)
     if args.src:
         sys.path.insert(0, os.path.join(args.src, "src"))
     out = os.open(os.devnull, os.O_WRONLY)
+    if args.stage:
+        parts(args.count, out, args.protocol, args.stage)
+        return 0
     runs = [("library", library), ("minimal", minimal)]
     costs = {}
     for name, run in runs:
