@@ -34,8 +34,8 @@ class Request(NamedTuple):
     2020) or a local sequence number (imsg, which has no ids).
 
     A named tuple, not a dataclass, as ``Answer``: one is built for every request, and
-    the codecs build it with ``tuple.__new__(Request, fields)``, a quarter of the cost of
-    a frozen dataclass's constructor.
+    the codecs build it with ``tuple.__new__(Request, fields)``, about a third of the cost
+    of a frozen dataclass's constructor.
     """
 
     op: Op
