@@ -197,12 +197,16 @@ class Table:
                 return NotFound()
             return Error(f"no {op} handler for service {request.service}")
         key = request.key
-        args: tuple[Any, ...] = (key,) if key is not None else ()
-        kwargs = {"request": request} if registered.wants_request else {}
         if registered.is_async:
+            args: tuple[Any, ...] = (key,) if key is not None else ()
+            kwargs = {"request": request} if registered.wants_request else {}
             return self._answer_async(request, registered.fn(*args, **kwargs))
-        try:
-            result = registered.fn(*args, **kwargs)
+        fn = registered.fn
+        try:  # spelled out: no args tuple or kwargs dict (table-consul's handlers take request)
+            if registered.wants_request:
+                result = fn(key, request=request) if key is not None else fn(request=request)
+            else:
+                result = fn(key) if key is not None else fn()
         except Exception as exc:
             return self.failure(request, exc)
         return self.convert(request, result)
