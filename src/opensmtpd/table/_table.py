@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Literal
 
 from ..smtpd_version import SmtpdVersion, parse_smtpd_version
+from ..stdio import setup_logging
 from .metrics import TableMetrics
 from .metrics import directory as metrics_directory
 from .wire.events import REPLY_TYPES, Error, Found, Hello, NotFound, Op, Reply, Request, Updated
@@ -105,6 +106,9 @@ class Table:
             raise ValueError("unregistered must be 'error' or 'not-found'")
         if not deadline > 0:
             raise ValueError("deadline must be a positive number of seconds")
+        # before anything is logged: what a subclass says while it loads its data (a bad
+        # file) must reach syslog too when smtpd runs daemonized (stderr is /dev/null)
+        setup_logging()
         self.name = name
         self.deadline = float(deadline)
         self.unregistered = unregistered
