@@ -105,6 +105,24 @@ class _Bounded:
         return getattr(self._raw, name)
 
 
+class _ErrorStream:
+    """Where wsgiref prints the traceback of a response that failed to be written (a
+    client that stops reading, past the timeout): its last line, throttled."""
+
+    def __init__(self, throttle: Throttle, client: str) -> None:
+        self._throttle, self._client, self._text = throttle, client, ""
+
+    def write(self, text: str) -> None:
+        self._text = (self._text + text)[-4096:]
+
+    def flush(self) -> None:
+        lines = [line for line in self._text.splitlines() if line.strip()]
+        if lines:
+            self._throttle.event("writing the response failed",
+                                 f"{self._client}: {lines[-1]}")
+        self._text = ""
+
+
 class _Handler(WSGIRequestHandler):
     server: MetricsServer
 
@@ -112,6 +130,9 @@ class _Handler(WSGIRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.client_timeout)  # each recv and send
         self.rfile = _Bounded(self.rfile, MAX_REQUEST_BYTES)  # type: ignore[assignment]
+
+    def get_stderr(self) -> _ErrorStream:  # type: ignore[override]
+        return _ErrorStream(self.server.throttle, self.client_address[0])
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # a scrape is not news
