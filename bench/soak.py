@@ -21,7 +21,8 @@ and the listener runs filter-prometheus. A sender thread sends one message per s
 with a unique Message-Id; a 4xx (or a dropped connection) is retried with the same
 Message-Id after a back-off, a 5xx is final. Faults, one every ``--fault-every`` seconds
 in turn: the bridge's child SIGKILLed; the bridge's child SIGSTOPped for 4 s then
-SIGCONTed; the embedded store chmod 000 for 6 s (the table runs as user opensmtpd);
+SIGCONTed; the embedded store's directory chmod 000 for 6 s (the table runs as user
+opensmtpd);
 Consul stopped for 5 s then restarted (a dev agent: empty again, its keys put back); the
 exporter's port hammered for 3 s with the hostile clients of issue 14.
 
@@ -218,6 +219,7 @@ class Rig:
     consul: object | None  # harness.consul.Agent
     consul_keys: dict[str, str]
     log: list[str] = field(default_factory=list)
+    faults: int = 0
     queued: int = 0  # envelopes still in smtpd's queue at the end (not lost: late)
 
     def note(self, text: str) -> None:
@@ -233,6 +235,7 @@ class Rig:
         if self.consul is None:
             kinds.remove("consul-stop")
         kind = kinds[number % len(kinds)]
+        self.faults += 1
         if kind in ("kill-child", "stop-child"):
             pid = self.child()
             if pid is None:
@@ -248,12 +251,14 @@ class Rig:
                 os.kill(pid, signal.SIGCONT)
                 self.note(f"bridge child {pid} SIGCONTed")
         elif kind == "store-unreadable":
-            store = self.work / "kv.sqlite3"
+            # The directory, as in issue 14: a reader with the file open would not see a
+            # chmod of the file itself; the watcher's stat() of it fails at once.
+            store = self.work / "store"
             store.chmod(0o000)
-            self.note("embedded store chmod 000")
+            self.note("embedded store's directory chmod 000")
             time.sleep(6)
-            store.chmod(0o644)
-            self.note("embedded store chmod 644")
+            store.chmod(0o755)
+            self.note("embedded store's directory chmod 755")
         elif kind == "consul-stop":
             agent = self.consul
             agent.stop()  # type: ignore[attr-defined]
@@ -290,8 +295,9 @@ def configure(work: Path, sink_port: int, smtp_port: int, exporter_port: int,
     (work / "bridge-child.py").write_text(MAPPING_SOURCE)
     from opensmtpd.consul.store import EmbeddedStore
 
-    EmbeddedStore(str(work / "kv.sqlite3")).put("soaksenders/mailaddr/@client.test", b"")
-    (work / "embedded.conf").write_text(f"database = {inside}/kv.sqlite3\n")
+    EmbeddedStore(str(work / "store" / "kv.sqlite3")).put(
+        "soaksenders/mailaddr/@client.test", b"")
+    (work / "embedded.conf").write_text(f"database = {inside}/store/kv.sqlite3\n")
     if consul_address:
         (work / "agent.conf").write_text(f"store = consul\naddress = {consul_address}\n")
         rcpts = f"table soakrcpts consul:{inside}/agent.conf"
@@ -412,7 +418,7 @@ def report(args: argparse.Namespace, ledger: Ledger, sink: RecordingSink,
     unexpected = [mid for mid in sink.ids if mid not in ours and "probe" not in mid]
     log = rig.smtpd.log()
     print(f"\n== soak: smtpd 6.8, {args.minutes:g} min, {args.senders} senders, "
-          f"{len(rig.log)} faults ==")
+          f"{rig.faults} faults ==")
     print(f"attempted {len(messages)} messages ({sum(m.attempts for m in messages)} "
           "SMTP sessions)")
     print(f"accepted {len(accepted)}; tempfailed then delivered "
@@ -426,7 +432,9 @@ def report(args: argparse.Namespace, ledger: Ledger, sink: RecordingSink,
     print(f"smtpd pid {smtpd_pid}: {'still running' if rig.smtpd.running() else 'GONE'}")
     print(f"smtpd log: {len(log.splitlines())} lines, {log.count('Traceback')} tracebacks, "
           f"{log.count('metrics endpoint:')} exporter lines, "
-          f"{log.count('table-consul kv put')} 'kv put' hints")
+          f"{log.count('table-consul kv put')} 'kv put' hints; sync failures: "
+          + ", ".join(f"{table} {log.count(f'sync of {table!r} failed')}"
+                      for table in ("soaksenders/", "soakrcpts/")))
     for m in [m for m in messages if m.outcome in ("rejected", "gave-up")][:10]:
         print(f"  {m.outcome}: {m.mid} after {m.attempts} attempts: {m.last}")
     for mid in lost[:10]:
