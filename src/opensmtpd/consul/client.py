@@ -83,19 +83,32 @@ class ConsulClient:
         return {"X-Consul-Token": self._token} if self._token else {}
 
     @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, what: str, read_timeout: float) -> Iterator[None]:
+        where = self.config.address
         try:
             yield
+        except httpx.ConnectTimeout as exc:
+            raise ConsulError(f"{what}: no connection to Consul at {where} within "
+                              f"{self.config.timeout:g}s ({type(exc).__name__})") from None
         except httpx.TimeoutException as exc:
-            raise ConsulError(f"{what}: timed out ({type(exc).__name__})") from None
+            raise ConsulError(f"{what}: timed out: no answer from Consul at {where} within "
+                              f"{read_timeout:g}s ({type(exc).__name__})") from None
+        except httpx.ConnectError as exc:
+            if "refused" in str(exc).lower():  # ECONNREFUSED: nothing listens there
+                raise ConsulError(f"{what}: connection refused by {where} "
+                                  f"({type(exc).__name__}): is the Consul agent running and "
+                                  "listening there?") from None
+            raise ConsulError(f"{what}: cannot connect to Consul at {where}: "
+                              f"{type(exc).__name__}: {exc}") from None
         except httpx.HTTPError as exc:
             raise ConsulError(f"{what}: {type(exc).__name__}: {exc}") from None
 
     def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                  content: bytes | None = None, read_timeout: float | None = None,
                  ) -> httpx.Response:
-        timeout = httpx.Timeout(self.config.timeout, read=read_timeout or self.config.timeout)
-        with self._errors(f"{method} {path}"):
+        read = read_timeout or self.config.timeout
+        timeout = httpx.Timeout(self.config.timeout, read=read)
+        with self._errors(f"{method} {path}", read):
             return self._http.request(method, path, params=params, content=content,
                                       headers=self._headers(), timeout=timeout)
 
@@ -105,7 +118,8 @@ class ConsulClient:
         if response.status_code == 403:
             return ConsulError(f"{what}: permission denied by Consul ACLs ({body or '403'}); "
                                "check the token (token_file, CONSUL_HTTP_TOKEN)")
-        return ConsulError(f"{what}: HTTP {response.status_code} {body}".rstrip())
+        return ConsulError(f"{what}: Consul answered HTTP {response.status_code} "
+                           f"{response.reason_phrase}: {body}".rstrip(": "))
 
     def list(self, prefix: str, *, index: int = 0, wait: float | None = None) -> Listing:
         """Every key under ``prefix``; with ``index`` > 0 and ``wait``, a blocking query."""

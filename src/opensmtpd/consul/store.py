@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import sqlite3
 import threading
 import time
@@ -37,6 +38,47 @@ _TOP = "\U0010ffff"  # sorts after every key with the same prefix (BINARY collat
 
 class StoreError(Exception):
     """The embedded store could not be read or written."""
+
+
+_HEADER = b"SQLite format 3\x00"
+_CREATE_HINT = "create it with 'table-consul kv put KEY VALUE'"
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def diagnose(path: str, exc: BaseException) -> StoreError:
+    """The real cause of a failure on the store, with a hint only where it is right:
+    missing, unreadable, not a file, corrupt, locked, not a table-consul store."""
+    try:
+        info = os.stat(path)
+        with open(path, "rb") as file:
+            header = file.read(len(_HEADER))
+    except FileNotFoundError:
+        return StoreError(f"{path}: no such store ({_CREATE_HINT})")
+    except PermissionError:
+        return StoreError(f"{path}: permission denied to user {_user()} (the store and "
+                          "every directory above it must be readable by the table's user)")
+    except IsADirectoryError:
+        return StoreError(f"{path}: is a directory, not a store")
+    except OSError as err:
+        return StoreError(f"{path}: cannot read it: {err.strerror or err}")
+    text = str(exc)
+    if (info.st_size and header != _HEADER) or "not a database" in text:
+        return StoreError(f"{path}: not an SQLite database (corrupt, or another kind of "
+                          "file)")
+    if "malformed" in text or "corrupt" in text:
+        return StoreError(f"{path}: corrupt SQLite database ({text})")
+    if "locked" in text or "busy" in text:
+        return StoreError(f"{path}: locked: another process held a lock on it for more "
+                          f"than {BUSY_TIMEOUT:g}s ({text})")
+    if "no such table" in text:
+        return StoreError(f"{path}: not a table-consul store ({text})")
+    return StoreError(f"{path}: {type(exc).__name__}: {text}")
 
 
 def _bounds(prefix: str) -> tuple[str, str]:
@@ -73,8 +115,7 @@ class EmbeddedSource:
         try:
             info = os.stat(self.path)
         except OSError as exc:
-            raise StoreError(f"{self.path}: {exc.strerror or exc} (create it with "
-                             "'table-consul kv put KEY VALUE')") from None
+            raise diagnose(self.path, exc) from None
         return info.st_dev, info.st_ino
 
     def _connect(self) -> tuple[sqlite3.Connection, bool]:
@@ -89,7 +130,7 @@ class EmbeddedSource:
             connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                          timeout=BUSY_TIMEOUT, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise diagnose(self.path, exc) from None
         self._local.connection, self._local.inode = connection, inode
         return connection, replaced
 
@@ -111,7 +152,7 @@ class EmbeddedSource:
             return _read(connection, prefix)
         except sqlite3.Error as exc:
             self.close()
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise diagnose(self.path, exc) from None
 
     def _block(self, connection: sqlite3.Connection, index: int, wait: float) -> bool:
         """Return when the index is no longer ``index`` or after ``wait`` (True), or when
@@ -148,22 +189,22 @@ class EmbeddedStore:
     @contextlib.contextmanager
     def _open(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         path = Path(self.path)
-        if not path.exists():
-            if not create:
-                raise StoreError(f"{self.path}: no such store (put a key to create it)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o644)
-            path.chmod(0o644)  # readable by smtpd's table user whatever the umask
         try:
+            if not path.exists():
+                if not create:
+                    raise StoreError(f"{self.path}: no such store ({_CREATE_HINT})")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch(mode=0o644)
+                path.chmod(0o644)  # readable by smtpd's table user whatever the umask
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise diagnose(self.path, exc) from None
         try:
             if create:
                 connection.executescript(SCHEMA)
             yield connection
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise diagnose(self.path, exc) from None
         finally:
             connection.close()
 

@@ -1,4 +1,5 @@
-"""The HTTP side: ``/metrics`` served by prometheus_client from a thread.
+"""The HTTP side: ``/metrics`` served by prometheus_client from a thread
+(``server.MetricsServer``: what a port facing the network needs).
 
 A port that cannot be bound (taken, not yet available) is retried with a back-off and
 logged, never fatal: smtpd exits when a filter does (filter-protocol.md §5.2), and the
@@ -33,8 +34,10 @@ def parse_address(text: str) -> tuple[str, int]:
 
 class Exporter:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, *,
-                 max_delay: float = 30.0) -> None:
+                 max_delay: float = 30.0, timeout: float = 10.0,
+                 max_connections: int = 16) -> None:
         self.host, self.port = host, port
+        self.timeout, self.max_connections = timeout, max_connections
         self.registry = registry
         self.max_delay = max_delay
         self.serving = threading.Event()
@@ -50,9 +53,11 @@ class Exporter:
         while True:
             self.attempts += 1
             try:
-                from prometheus_client import start_http_server
+                from .server import MetricsServer
 
-                start_http_server(self.port, addr=self.host, registry=self.registry)
+                server = MetricsServer(self.host, self.port, self.registry,
+                                       timeout=self.timeout,
+                                       max_connections=self.max_connections)
             except Exception as exc:  # OSError mostly; anything else must not kill us
                 if self.attempts <= 3 or self.attempts % 20 == 0:
                     log.warning("cannot serve metrics on %s:%d (%s); retrying in %.0fs "
@@ -64,6 +69,8 @@ class Exporter:
             log.info("serving metrics on http://%s:%d/metrics", _bracket(self.host),
                      self.port)
             self.serving.set()
+            threading.Thread(target=server.serve_forever, name="exporter-http",
+                             daemon=True).start()
             return
 
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opensmtpd.prometheus")
 DEFAULT_MAX_SESSIONS = 100_000
+HTTP_TIMEOUT = 10.0  # server.IDLE_TIMEOUT; not imported: server needs prometheus_client
+HTTP_MAX_CONNECTIONS = 16
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +48,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-table-metrics", "--table-metrics", metavar="DIR",
                    help="also serve the table metrics every table process writes to DIR "
                         "(their OPENSMTPD_METRICS_DIR; docs/monitoring.md)")
+    p.add_argument("-http-timeout", "--http-timeout", type=float, default=HTTP_TIMEOUT,
+                   metavar="SECONDS", help="how long /metrics waits for a client's read or "
+                   "write; a connection ends after 3 times this in all (default "
+                   f"{HTTP_TIMEOUT:.0f})")
+    p.add_argument("-http-max-connections", "--http-max-connections", type=int,
+                   default=HTTP_MAX_CONNECTIONS, metavar="N", help="connections to /metrics "
+                   f"served at once, the others closed (default {HTTP_MAX_CONNECTIONS})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -70,6 +79,13 @@ def options(argv: list[str]) -> argparse.Namespace:
     if args.max_sessions < 1:
         log.error("-max-sessions must be at least 1; using %d", DEFAULT_MAX_SESSIONS)
         args.max_sessions = DEFAULT_MAX_SESSIONS
+    if not 0 < args.http_timeout <= 3600:
+        log.error("-http-timeout must be in (0, 3600] seconds; using %.0f", HTTP_TIMEOUT)
+        args.http_timeout = HTTP_TIMEOUT
+    if not 0 < args.http_max_connections <= 1024:
+        log.error("-http-max-connections must be in [1, 1024]; using %d",
+                  HTTP_MAX_CONNECTIONS)
+        args.http_max_connections = HTTP_MAX_CONNECTIONS
     if args.table_metrics is not None and not os.path.isabs(args.table_metrics):
         log.error("-table-metrics needs an absolute path, not %r: no table metrics",
                   args.table_metrics)
@@ -113,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     f, _, registry = build(args.max_sessions, args.table_metrics)
     host, port = args.address
-    Exporter(host, port, registry).start()
+    Exporter(host, port, registry, timeout=args.http_timeout,
+             max_connections=args.http_max_connections).start()
     f.run()
     return 0
 

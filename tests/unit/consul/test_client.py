@@ -134,7 +134,8 @@ def test_no_token_no_header() -> None:
 
 @pytest.mark.parametrize(("response", "message"), [
     (httpx.Response(403, text="ACL not found"), "permission denied by Consul ACLs (ACL not found)"),
-    (httpx.Response(500, text="No cluster leader"), "HTTP 500 No cluster leader"),
+    (httpx.Response(500, text="No cluster leader"),
+     "HTTP 500 Internal Server Error: No cluster leader"),
     (httpx.Response(200, content=b"[]"), "no valid X-Consul-Index"),
     (httpx.Response(200, headers={"X-Consul-Index": "x"}, content=b"[]"), "X-Consul-Index"),
     (httpx.Response(200, headers={"X-Consul-Index": "1"}, content=b"{not json"), "malformed"),
@@ -152,12 +153,12 @@ def test_failures_are_consul_errors(response: httpx.Response, message: str) -> N
 
 def test_transport_errors_are_consul_errors() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
-    with pytest.raises(ConsulError, match="ConnectError: connection refused"):
+    with pytest.raises(ConsulError, match=r"connection refused by .* \(ConnectError\)"):
         client(refuse).list("t/")
     with pytest.raises(ConsulError, match="timed out"):
         client(slow).list("t/", index=2, wait=1)
