@@ -43,7 +43,17 @@ with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
     client.sendmail(sender, [rcpt], f"Subject: docs-test\\r\\nTo: {rcpt}\\r\\n\\r\\nhello\\r\\n")
 print("accepted")
 """,
+    # docs-test-consul: a Consul dev agent on 127.0.0.1:8500 (the pages' address), in the
+    # background, ready when it takes a write; Consul itself comes from `make consul`
+    "docs-test-consul": """#!/bin/sh
+set -e
+start-stop-daemon --start --background --make-pidfile --pidfile /run/docs-test-consul.pid \\
+  --exec /usr/local/bin/consul -- agent -dev -node docs-test -bind 127.0.0.1 \\
+  -client 127.0.0.1 -dns-port -1 -grpc-port -1
+exec docs-test-wait 30 /usr/local/bin/consul kv put docs-test/ready yes
+""",
 }
+CONSUL = REPO / "build" / "consul" / "usr" / "bin" / "consul"
 
 
 def prepare_base(chroot: DebChroot) -> None:
@@ -147,6 +157,9 @@ def page_root(docs_bases: dict[str, DebChroot], request: pytest.FixtureRequest
     subprocess.run(["cp", "-a", "--reflink=auto", str(base.path), str(copy.path)],
                    check=True, timeout=600)
     make_clone(copy.path)
+    if not CONSUL.exists():
+        pytest.fail(f"docs tier prerequisite missing: {CONSUL} (make consul)", pytrace=False)
+    shutil.copy2(CONSUL, copy.path / "usr/local/bin/consul")
     copy.mount()
     try:
         yield copy.path

@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.smtpd import chrooted_pids
-
 from .markdown import Page, Step
 
 CLONE = "/root/py-opensmtpd"
@@ -30,7 +28,22 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 SMTPD = "/usr/sbin/smtpd"
 # How the pages start smtpd: Debian's init script through service(8), which runs
 # `systemctl restart opensmtpd` on a systemd host and the init script in a chroot.
-STARTS = re.compile(r"^\s*service opensmtpd (re)?start\b", re.MULTILINE)
+STARTS = re.compile(r"\bservice opensmtpd (re)?start\b")
+
+
+def chrooted_pids(root: Path) -> list[int]:
+    """Processes whose root is ``root`` or below it (smtpd's own processes chroot to its
+    spool and /var/lib/opensmtpd/empty)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                where = os.readlink(f"/proc/{entry}/root")
+            except OSError:
+                continue
+            if where == str(root) or where.startswith(f"{root}/"):
+                found.append(int(entry))
+    return found
 
 
 def smtpd_pids(root: Path) -> list[int]:
@@ -73,7 +86,9 @@ class Walk:
         for step in self.page.walk(self.route):
             self.step(step)
             if STARTS.search(step.text):
-                time.sleep(1.0)  # smtpd forks its processes, tables and filters, then runs
+                # as a person would: wait until smtpd answers on its control socket (its
+                # start goes on after the init script returns, tables and filters first)
+                self.shell(step, "docs-test-wait 30 smtpctl show status")
                 self.smtpd_seen = True
             self.check_smtpd(step)
         if self.smtpd_seen:
@@ -122,4 +137,15 @@ class Walk:
                                  f"longer running {after}\n--- walk so far:\n{self.tail()}")
 
     def tail(self, lines: int = 80) -> str:
-        return "\n".join("\n".join(self.transcript).splitlines()[-lines:])
+        return "\n".join("\n".join(self.transcript).splitlines()[-lines:]) + self.processes()
+
+    def processes(self) -> str:
+        """What runs in the chroot now (minbase has no ps)."""
+        shown = []
+        for pid in chrooted_pids(self.root):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            shown.append(f"  {pid} {argv.decode(errors='replace').strip()}")
+        return "\n--- processes in the chroot:\n" + ("\n".join(shown) or "  none")
