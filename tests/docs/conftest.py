@@ -35,13 +35,28 @@ while [ "$i" -lt "$limit" ]; do "$@" >/dev/null 2>&1 && exit 0; i=$((i + 1)); sl
 echo "docs-test-wait: still failing after the time allowed: $*" >&2
 "$@"
 """,
-    # docs-test-smtp PORT FROM TO: one message over SMTP to 127.0.0.1, the reply printed
+    # docs-test-smtp PORT FROM TO: one message over SMTP to 127.0.0.1: prints "accepted",
+    # or the refusal (code and text) and exits 1
     "docs-test-smtp": """#!/usr/bin/python3
 import smtplib, sys
 port, sender, rcpt = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-    client.sendmail(sender, [rcpt], f"Subject: docs-test\\r\\nTo: {rcpt}\\r\\n\\r\\nhello\\r\\n")
+body = f"Subject: docs-test\\r\\nTo: {rcpt}\\r\\n\\r\\nhello\\r\\n"
+try:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail(sender, [rcpt], body)
+except smtplib.SMTPRecipientsRefused as exc:
+    for code, text in exc.recipients.values():
+        print(code, text.decode(errors="replace"))
+    sys.exit(1)
+except smtplib.SMTPResponseException as exc:
+    print(exc.smtp_code, exc.smtp_error.decode(errors="replace"))
+    sys.exit(1)
 print("accepted")
+""",
+    # docs-test-metrics URL: print what an HTTP GET returns (no curl in minbase)
+    "docs-test-metrics": """#!/usr/bin/python3
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())
 """,
     # docs-test-consul: a Consul dev agent on 127.0.0.1:8500 (the pages' address), in the
     # background, ready when it takes a write; Consul itself comes from `make consul`
@@ -57,12 +72,15 @@ CONSUL = REPO / "build" / "consul" / "usr" / "bin" / "consul"
 
 
 def prepare_base(chroot: DebChroot) -> None:
-    """What a Debian machine has that a fresh debootstrap lacks, and the runner's helpers.
+    """What a Debian machine has that a fresh debootstrap lacks.
 
     - package lists (``apt-get update``), and apt answering yes to its own question (the
       pages say ``apt install``, which asks; a person types y);
-    - policy-rc.d: packages start no daemon in here (the page starts smtpd itself).
+    - policy-rc.d: packages start no daemon in here (the page starts smtpd itself);
+    - /etc/hosts as Debian's installer writes it (``listen on localhost`` resolves it).
     """
+    (chroot.path / "etc/hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     policy = chroot.path / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
@@ -79,10 +97,6 @@ def prepare_base(chroot: DebChroot) -> None:
             shutil.copy(ca, inside)
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", chroot.path / "etc/docs-test-ca.crt")
         (chroot.path / "etc/pip.conf").write_text("[global]\ncert = /etc/docs-test-ca.crt\n")
-    for name, text in HELPERS.items():
-        helper = chroot.path / "usr/local/bin" / name
-        helper.write_text(text)
-        helper.chmod(0o755)
     chroot.run("apt-get", "update", "-q")
 
 
@@ -160,6 +174,10 @@ def page_root(docs_bases: dict[str, DebChroot], request: pytest.FixtureRequest
     if not CONSUL.exists():
         pytest.fail(f"docs tier prerequisite missing: {CONSUL} (make consul)", pytrace=False)
     shutil.copy2(CONSUL, copy.path / "usr/local/bin/consul")
+    for name, text in HELPERS.items():
+        helper = copy.path / "usr/local/bin" / name
+        helper.write_text(text)
+        helper.chmod(0o755)
     copy.mount()
     try:
         yield copy.path
