@@ -34,7 +34,7 @@ STARTS = re.compile(r"\bservice opensmtpd (re)?start\b")
 def chrooted_pids(root: Path) -> list[int]:
     """Processes whose root is ``root`` or below it (smtpd's own processes chroot to its
     spool and /var/lib/opensmtpd/empty)."""
-    found = []
+    found, root = [], root.resolve()  # /proc shows the real path (build/ is a symlink)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -50,7 +50,7 @@ def smtpd_pids(root: Path) -> list[int]:
     pids = []
     for pid in chrooted_pids(root):
         try:
-            if Path(f"/proc/{pid}/exe").resolve() == root / SMTPD.lstrip("/"):
+            if Path(f"/proc/{pid}/exe").resolve() == root.resolve() / SMTPD.lstrip("/"):
                 pids.append(pid)
         except OSError:
             continue
