@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := opensmtpd opensmtpd-extras debootstrap openssl python3-venv ca-certificates \
+APT_PACKAGES := opensmtpd opensmtpd-extras rsyslog debootstrap openssl python3-venv ca-certificates \
   python3-httpx prometheus python3-prometheus-client
 # table-consul's tests run Debian bullseye's consul 1.8.7, unpacked from its .deb (no install)
 CONSUL := build/consul/usr/bin/consul

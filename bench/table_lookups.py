@@ -101,7 +101,7 @@ class Round:
 class Backend:
     name: str
     generation: str
-    kind: str  # "C", "Python", "minimal"
+    kind: str  # "C", "Python", "baseline" (--baseline), "minimal"
     command: list[str]
     config: str | None
     driver: Driver | None = None
@@ -151,7 +151,7 @@ def backends(args: argparse.Namespace, work: Path, chroot_file: str) -> list[Bac
     passwd = work / "passwd"
     passwd.write_text(PASSWD_LINE)
     library = script(work, "library_backend.py", LIBRARY_BACKEND)
-    return [
+    todo = [
         Backend("table-passwd (C)", "imsg", "C", [args.imsg_binary], str(passwd)),
         Backend("MappingTable", "imsg", "Python", [library], None),
         Backend("minimal loop", "imsg", "minimal",
@@ -163,6 +163,12 @@ def backends(args: argparse.Namespace, work: Path, chroot_file: str) -> list[Bac
         Backend("minimal loop", "native", "minimal",
                 [script(work, "minimal_native.py", MINIMAL_NATIVE)], None),
     ]
+    if args.baseline is not None:  # the same script importing another version's opensmtpd
+        path = f"import sys\nsys.path.insert(0, {str(args.baseline / 'src')!r})\n"
+        baseline = script(work, "baseline_backend.py", path + LIBRARY_BACKEND)
+        for at, generation in ((2, "imsg"), (6, "native")):
+            todo.insert(at, Backend("baseline", generation, "baseline", [baseline], None))
+    return todo
 
 
 def check_prerequisites(args: argparse.Namespace) -> None:
@@ -296,11 +302,25 @@ def report(results: list[Result], args: argparse.Namespace, cpus: list[int]) -> 
             by_kind = {r.backend.kind: r for r in results
                        if r.backend.generation == generation and r.placement == placement}
             c = by_kind["C"]
-            for kind, label in (("Python", "MappingTable"), ("minimal", "minimal loop")):
+            for kind, label in (("Python", "MappingTable"), ("baseline", "baseline"),
+                                ("minimal", "minimal loop")):
+                if kind not in by_kind:
+                    continue
                 r = by_kind[kind]
                 cpu = f"{r.cpu_us / c.cpu_us:.2f}x" if c.cpu_us > 0 else "n/a (C below a tick)"
                 print(f"  {placement:<6} {generation:<7} {label:<13} lookups/s "
                       f"{r.rate / c.rate:.2f}x   CPU per lookup {cpu}")
+    print("\nMappingTable / minimal loop, CPU per lookup (the library's cost over plain Python)")
+    for placement in args.placements:
+        for generation in ("imsg", "native"):
+            by_kind = {r.backend.kind: r for r in results
+                       if r.backend.generation == generation and r.placement == placement}
+            floor = by_kind["minimal"].cpu_us
+            ratios = "   ".join(f"{label} {by_kind[kind].cpu_us / floor:.2f}x"
+                               for kind, label in (("Python", "MappingTable"),
+                                                   ("baseline", "baseline"))
+                               if kind in by_kind and floor > 0)
+            print(f"  {placement:<6} {generation:<7} {ratios or 'n/a (below a tick)'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imsg-binary", default="/usr/libexec/opensmtpd/table-passwd",
                         help="the opensmtpd-extras (imsg) table-passwd on this host")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-reply timeout (s)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a source tree (DIR/src/opensmtpd) whose MappingTable runs "
+                             "beside this one, in the same rounds: before/after, interleaved")
     args = parser.parse_args(argv)
     if args.lookups < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--lookups and --rounds must be >= 1, --warmup >= 0")

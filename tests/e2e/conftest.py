@@ -22,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from harness.prometheus import Prometheus
 from harness.smtpd import Root, Smtpd, chroot_mounts, free_port
+from harness.syslog import Syslog
 
 from .paths import REPO
 
@@ -132,17 +133,30 @@ def smtpd(tmp_path: Path) -> Iterator[Callable[..., Smtpd]]:
     started: list[Smtpd] = []
 
     def make(root: Root, conf: str, backends: dict[str, str] | None = None,
-             env: dict[str, str] | None = None) -> Smtpd:
+             env: dict[str, str] | None = None, syslog: Syslog | None = None) -> Smtpd:
         """An smtpd for ``conf``; ``backends`` (table-NAME -> program) are installed
         while it holds the root's lock and removed when it stops; ``env`` is added to
-        smtpd's environment (its tables and filters inherit it)."""
+        smtpd's environment (its tables and filters inherit it); with ``syslog`` (the
+        ``mail_log`` fixture) it runs daemonized and logs there."""
         server = Smtpd(root, conf, tmp_path / f"smtpd-{root.name}-{len(started)}.log",
-                       {**root.smtpd_env(), **(env or {})}, backends=backends or {})
+                       {**root.smtpd_env(), **(env or {})}, backends=backends or {},
+                       syslog=syslog)
         started.append(server)
         return server
 
     yield make
     for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def mail_log(tmp_path: Path) -> Iterator[Syslog]:
+    """A private rsyslogd writing mail.* to a file (for a daemonized smtpd)."""
+    _require(Path("/usr/sbin/rsyslogd").exists(), "apt-get install rsyslog (make deps)")
+    server = Syslog(tmp_path / "syslog")
+    try:
+        yield server
+    finally:
         server.stop()
 
 

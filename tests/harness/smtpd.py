@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 import opensmtpd
+from harness.syslog import Syslog
 
 PACKAGE = Path(opensmtpd.__file__).resolve().parent
 LIB_INSIDE = "/opt/pyos/lib"  # where install_library() puts the package inside a root
@@ -51,6 +52,13 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def alive(pid: int) -> bool:
@@ -224,6 +232,10 @@ class Smtpd:
     # smtpd's options besides -d and -f: verbose, every lookup traced (the tests read the
     # trace); a bench passes () to run smtpd as installed, logging what it logs by default
     flags: tuple[str, ...] = ("-v", "-T", "lookup")
+    # Daemonized as a service runs it (no -d) when set: smtpd, its tables and filters log
+    # to this syslog (through a private /dev/log, harness/syslog.py) and log() reads it.
+    syslog: Syslog | None = None
+    namespace: str = ""  # the daemon's mount namespace: its processes are ours
 
     def start(self, ready_tables: Iterable[str] = (), port: int | None = None,
               timeout: float = 15.0) -> None:
@@ -240,22 +252,58 @@ class Smtpd:
         if result.returncode != 0:
             raise RuntimeError(f"smtpd -n rejected the config:\n{self.conf}\n{result.stderr}")
         self.logfile = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            self._command("-d", *self.flags, "-f", conf_inside),
-            stdout=self.logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+        if self.syslog is not None:
+            self._daemonize(conf_inside)
+        else:
+            self.process = subprocess.Popen(
+                self._command("-d", *self.flags, "-f", conf_inside), stdout=self.logfile,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + timeout
         pending = set(ready_tables)
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if not self.running():
                 raise RuntimeError(f"smtpd {self.root.name} exited at start:\n{self.log()}")
             lines = self.log().splitlines()
-            pending = {t for t in pending
-                       if not any(f"table {t}[" in line and "ready:" in line for line in lines)}
+            pending = {t for t in pending  # "table NAME[PID]" on stderr, "table-NAME[" syslog
+                       if not any(("ready:" in line and (f"table {t}[" in line
+                                                         or f"table-{t}[" in line))
+                                  for line in lines)}
             if not pending and (port is None or port_open(port)):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"smtpd {self.root.name} not ready (waiting for {pending}):\n"
                            f"{self.log()}")
+
+    def _daemonize(self, conf_inside: str) -> None:
+        """``smtpd -f CONF`` in a private mount namespace whose /dev/log is our syslog's;
+        smtpd forks into the background, its processes are found by that namespace."""
+        assert self.syslog is not None and self.logfile is not None
+        scratch = self.log_path.with_suffix(".dev")
+        script = "\n".join((self.syslog.private_dev_script(self.root.host("/dev"), scratch),
+                            "readlink /proc/self/ns/mnt >&2",
+                            'exec "$@"'))
+        launcher = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+             *self._command(*self.flags, "-f", conf_inside)],
+            stdout=self.logfile, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=self.env, timeout=30, text=True)
+        lines = launcher.stderr.splitlines()
+        if launcher.returncode != 0 or not lines or not lines[0].startswith("mnt:"):
+            raise RuntimeError(f"smtpd {self.root.name} did not start: {launcher.stderr}")
+        self.namespace = lines[0]
+        if not wait_for(self.daemon_pids, timeout=10):
+            raise RuntimeError(f"smtpd {self.root.name} exited at start:\n{self.log()}")
+
+    def daemon_pids(self) -> list[int]:
+        """The daemonized smtpd's processes (its mount namespace's), its parent first."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/ns/mnt") == self.namespace:
+                        found.append(int(entry))
+        parents = {pid: _ppid(pid) for pid in found}
+        return sorted(found, key=lambda pid: parents[pid] in parents)
 
     def _lock(self, timeout: float = 900.0) -> None:
         """One smtpd per root filesystem (fixed control socket, shared spool): wait for it."""
@@ -269,13 +317,19 @@ class Smtpd:
 
     @property
     def pid(self) -> int:
+        if self.syslog is not None:
+            return self.daemon_pids()[0]
         assert self.process is not None
         return self.process.pid
 
     def running(self) -> bool:
+        if self.syslog is not None:
+            return bool(self.namespace) and any(alive(pid) for pid in self.daemon_pids())
         return self.process is not None and self.process.poll() is None
 
     def log(self) -> str:
+        if self.syslog is not None:
+            return self.syslog.text()
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -288,6 +342,10 @@ class Smtpd:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
     def stop(self) -> None:
+        if self.namespace:
+            self._stop_daemon()
+            self.namespace = ""
+            clean_spool(self.root)
         if self.process is not None:
             self._terminate(self.process)
             self.process = None
@@ -300,6 +358,18 @@ class Smtpd:
                 self.root.host(f"/{LIBEXEC}/table-{name}").unlink(missing_ok=True)
             self.lockfile.close()  # releases the flock
             self.lockfile = None
+
+    def _stop_daemon(self) -> None:
+        pids = self.daemon_pids()
+        if pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[0], signal.SIGTERM)
+            wait_for(lambda: not any(alive(pid) for pid in pids), timeout=6)
+        for pid in pids:  # a hung table blocks SIGTERM (lab-6.8 §1 pitfall 7)
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not self.daemon_pids(), timeout=5)
 
     @staticmethod
     def _terminate(process: subprocess.Popen[bytes]) -> None:

@@ -58,7 +58,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], str,
                         help="2020 requests with the table name after the timestamp (named: "
                              "the article's form, what go/py-opensmtpd parse) or without it "
                              "(unnamed: the never-merged C table-procexec); default named")
-    parser.add_argument("--table", default="test", help="table name sent to the backend")
+    parser.add_argument("--table", default="test",
+                        help="table name sent to the backend (default: test)")
     parser.add_argument("--config", help="argv[1] for the backend, as in 'table NAME BACKEND:ARG'")
     parser.add_argument("--key", action="append", default=[], metavar="SERVICE=KEY",
                         help="conform: probe SERVICE with KEY (e.g. one the table holds) "

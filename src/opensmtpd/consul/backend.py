@@ -126,17 +126,34 @@ class ConsulTable(Table):
 
 
 class BrokenTable(Table):
-    """Answers every request ``error`` with the reason (a configuration that cannot work)."""
+    """Answers every request ``error`` with the reason (a configuration that cannot work).
 
-    def __init__(self, reason: str) -> None:
+    The reason is logged once smtpd has named the table (its handshake), so the line is
+    labelled ``table NAME`` like every other line of the table, and again with each
+    request's error."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(unregistered="error")
         self.reason = reason
+        self.detail = detail or reason
+        self._told = False
         services: tuple[Service, ...] = ALL_BUT_AUTH
         for op in (Op.CHECK, Op.LOOKUP, Op.FETCH):
             self.on(op, services, self._fail)
         self.update(self._fail)
 
+    def handshake(self, protocol: str, hello: Hello | None) -> None:
+        super().handshake(protocol, hello)
+        if hello is not None:
+            self._tell()
+
+    def _tell(self) -> None:
+        if not self._told:
+            self._told = True
+            log.error("%s; answering every request with error", self.detail)
+
     def _fail(self, *args: object, **kwargs: object) -> None:
+        self._tell()  # the unnamed 2020 dialect has no handshake
         raise TempFail(self.reason)
 
 
@@ -148,12 +165,9 @@ def build_table(config_path: str | None) -> Table:
         config = load(config_path)
         return ConsulTable(config)
     except ConfigError as exc:
-        log.error("configuration error: %s; answering every request with error", exc)
         return BrokenTable(f"configuration error: {exc}")
     except MissingExtra as exc:
-        log.error("cannot start: %s; answering every request with error", exc)
-        return BrokenTable("cannot start: httpx missing")
+        return BrokenTable("cannot start: httpx missing", f"cannot start: {exc}")
     except Exception as exc:  # exiting would take smtpd 6.8 down
-        log.error("cannot start (%s: %s); answering every request with error",
-                  type(exc).__name__, exc)
-        return BrokenTable(f"cannot start: {type(exc).__name__}")
+        return BrokenTable(f"cannot start: {type(exc).__name__}",
+                           f"cannot start ({type(exc).__name__}: {exc})")

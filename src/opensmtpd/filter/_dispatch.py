@@ -280,7 +280,8 @@ class Dispatcher:
                 log.warning("smtpd %s has no %s phase (registering it would stop smtpd): "
                             "the %s handler is not registered", config.version, phase, phase)
         if reports.get("smtp-out") and "smtp-out" not in config.subsystems:
-            log.info("smtpd announced no smtp-out subsystem: smtp-out events not registered "
+            # normal for a filter on listeners only (filter-prometheus): not worth a line
+            log.debug("smtpd announced no smtp-out subsystem: smtp-out events not registered "
                      "(attach the filter to a relay action: action … relay … filter NAME)")
         return self.side.send(Registration(reports, phases))
 

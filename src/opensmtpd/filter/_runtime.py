@@ -112,7 +112,7 @@ class Runtime:
 
     def serve(self) -> None:
         name = self.target.name
-        setup_logging(f"filter {name}" if name else "opensmtpd.filter")
+        setup_logging(f"filter {name}" if name else None)  # None: the program's name
         if self.outfd == 1:
             self.outfd = private_stdout()
         if self.target.is_async:

@@ -6,15 +6,16 @@ opensmtpd-table-procexec package or `opensmtpd-table install procexec` puts it t
     table aliases "procexec:/usr/local/bin/table-foobar -f /etc/mail/foobar.conf"
 
 smtpd runs ``table-procexec`` with argv[0] = the table name and argv[1] = the whole child
-command line, and speaks imsg on fd 0 only (table-protocols.md §1.1). The command line is
-split like a shell would (quotes, backslashes; no variables, no globbing, no shell) and
-run with argv[0] = the table name, the socket on fd 0 and fd 1, stderr to a pipe whose
-lines reach smtpd's log prefixed with the table name: exactly as smtpd 7.6 runs a table.
+command line, and speaks imsg on fd 0 only (docs/table-procexec.md, table-procexec(5)).
+The command line is split like a shell would (quotes, backslashes; no variables, no
+globbing, no shell) and run with argv[0] = the table name, the socket on fd 0 and fd 1,
+stderr to a pipe whose lines reach smtpd's log prefixed with the table name: exactly as
+smtpd 7.6 runs a table.
 
 Options (for a launcher, or by hand; the environment variable in brackets is read when
 the option is absent, so smtpd's environment can set it too):
 
-  --protocol auto|native|2020  [TABLE_PROCEXEC_PROTOCOL]   default auto (see dialect.py)
+  --protocol auto|native|2020  [TABLE_PROCEXEC_PROTOCOL]   default auto (probe the child)
   --form-2020 named|unnamed    [TABLE_PROCEXEC_FORM_2020]   default named (2020 requests
                                carry the table name, as go/py-opensmtpd expect)
   --deadline S                 [TABLE_PROCEXEC_DEADLINE]   default 5
@@ -29,6 +30,7 @@ SIGINT do the same.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..extras import self_test
-from ..stdio import setup_logging
+from ..stdio import setup_logging, stderr_is_devnull
 from ..table.wire.procexec2020 import FORMS
 from .bridge import Bridge
 from .runtime import Runtime
@@ -106,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, settings, command = parse_args(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
-        print(f"table-procexec: {exc}", file=sys.stderr)
+        if stderr_is_devnull():  # smtpd daemonized: the mail log, not nowhere
+            setup_logging("table-procexec")
+            logging.getLogger("opensmtpd.procexec").error("%s", exc)
+        else:
+            print(f"table-procexec: {exc}", file=sys.stderr)
         return EX_USAGE
     if args.self_test:
         return self_test("table-procexec")

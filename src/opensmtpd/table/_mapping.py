@@ -12,14 +12,14 @@ as it is for smtpd. A mapping key may be bracketed (``[::1] value``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._table import Table, TempFail
+from ._table import Table, TempFail, _services
 from .match import ascii_lower
-from .static import StaticEntries
-from .wire.events import Op, Request
+from .static import MATCHED, StaticEntries
+from .wire.events import Op
 from .wire.services import ALL_BUT_AUTH, Service
 
 log = logging.getLogger("opensmtpd.table")
@@ -93,10 +93,13 @@ class MappingTable(Table):
             self._first_load()
         else:
             self.load(data)
-        services = tuple(services)
-        self.on(Op.CHECK, services, self._check)
-        self.on(Op.LOOKUP, services, self._lookup)
-        self.on(Op.FETCH, services, self._fetch)
+        # One handler per service, taking the key only: the runtime calls it as fn(key),
+        # without building the keyword argument ``request`` (the hot path, bench/).
+        chosen = _services(services) or ALL_BUT_AUTH
+        for op, handler in ((Op.CHECK, self._checker), (Op.LOOKUP, self._looker)):
+            for service in chosen:
+                self.on(op, (service,), handler(service))
+        self.on(Op.FETCH, chosen, self._fetch)
         self.update(self._reload)
 
     @property
@@ -133,14 +136,24 @@ class MappingTable(Table):
             raise TempFail(self.error)
         return self.static
 
-    def _check(self, key: str, request: Request) -> bool:
-        assert request.service is not None
-        return self._entries().check(request.service, key)
+    def _checker(self, service: Service) -> Callable[[str], bool]:
+        def check(key: str) -> bool:
+            return self._entries().check(service, key)
+        return check
 
-    def _lookup(self, key: str, request: Request) -> str | None:
-        if self.error is not None:  # _entries(), inlined: the hot path
-            raise TempFail(self.error)
-        return self.static.lookup(request.service, key)  # type: ignore[arg-type]
+    def _looker(self, service: Service) -> Callable[[str], str | None]:
+        if service in MATCHED:
+            def lookup(key: str) -> str | None:
+                return self._entries().lookup(service, key)
+            return lookup
 
-    def _fetch(self, request: Request) -> str | None:
+        def lookup_equal(key: str) -> str | None:
+            """_entries() and StaticEntries.lookup() inlined (the hot path: two calls
+            fewer): this service finds only the entry equal to the key."""
+            if self.error is not None:
+                raise TempFail(self.error)
+            return self.static.values.get(key.lower() if key.isascii() else ascii_lower(key))
+        return lookup_equal
+
+    def _fetch(self) -> str | None:
         return self._entries().fetch()

@@ -24,7 +24,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from ..stdio import private_stdout, read_some, relabel_logging, setup_logging, write_all
+from ..stdio import (
+    READ_SIZE,
+    private_stdout,
+    read_some,
+    relabel_logging,
+    setup_logging,
+    write_all,
+)
 from .metrics import TableMetrics
 from .wire import PROTOCOLS, detect, imsg, native, procexec2020
 from .wire.events import (
@@ -51,6 +58,7 @@ MAX_STUCK = 32  # abandoned handler threads before requests are refused outright
 # its deadline at the latest), so a burst of requests cannot grow memory (docs/limits.md).
 MAX_PENDING = 1024
 _monotonic = time.monotonic
+_read, _write = os.read, os.write
 _answer = tuple.__new__  # _answer(Answer, (op, id, reply)): Answer(...) at a third of the cost
 _RESULTS = {Found: "found", NotFound: "not-found", Error: "error", Updated: "ok"}
 _OFF = TableMetrics.off()
@@ -105,16 +113,15 @@ class Server:
         self._done = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.BoundedSemaphore(MAX_PENDING)  # async handlers in flight
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self.metrics: TableMetrics = _OFF
+        self._metered = False  # self.metrics.enabled, read once (a property)
 
     # --- I/O ---
 
     def _write(self, data: bytes) -> None:
         if not write_all(self.outfd, data):  # smtpd is gone
             self._done.set()
-
-    def _read(self) -> bytes:
-        return read_some(self.infd)
 
     def _start(self, first: bytes) -> None:
         """Pick the codec from the first bytes (or the forced protocol)."""
@@ -129,7 +136,7 @@ class Server:
                 protocol = "native"  # report every line as malformed from here
                 break
             if protocol is None:
-                more = self._read()
+                more = read_some(self.infd)
                 if not more:
                     self._done.set()
                     return
@@ -137,6 +144,7 @@ class Server:
         self.protocol = protocol
         self.table.handshake(protocol, None)
         self.metrics = getattr(self.table, "metrics", _OFF)  # set up by the handshake
+        self._metered = self.metrics.enabled
         self.codec = make_codec(protocol)
         self._send = self.codec.send
         if protocol == "imsg" and _is_socket(self.infd):
@@ -149,7 +157,7 @@ class Server:
         setup_logging()
         if self.outfd == 1:
             self.outfd = private_stdout()
-        first = self._read()
+        first = read_some(self.infd)
         if not first:
             return
         self._start(first)
@@ -168,7 +176,7 @@ class Server:
         assert codec is not None
         next_event, receive_data, infd = codec.next_event, codec.receive_data, self.infd
         done, dispatch = self._done, self._dispatch
-        while not done.is_set():
+        while True:
             try:
                 event = next_event()
             except Exception as exc:  # a codec bug: never a dead reader that ignores EOF
@@ -176,7 +184,13 @@ class Server:
                           "dropped", type(exc).__name__, codec.discard())
                 continue
             if event is None:
-                data = read_some(infd)  # self._read(), inlined: the hot path
+                if done.is_set():  # before each read, not each event: smtpd sends one
+                    return  # request and waits, so nothing is buffered behind it
+                try:  # read_some(), inlined: the hot path
+                    data = _read(infd, READ_SIZE)
+                except OSError as exc:
+                    log.info("read error on fd %d (%s): treating it as EOF", infd, exc)
+                    data = b""
                 if not data:
                     done.set()
                     return
@@ -213,21 +227,19 @@ class Server:
             log.debug("ignored %s", event.what)
 
     def _dispatch(self, request: Request) -> None:
-        table = self.table
         started = _monotonic()
-        deadline = started + table.deadline
-        metered = self.metrics.enabled
-        if len(self._abandoned) >= MAX_STUCK:
-            reason = f"{len(self._abandoned)} handlers are stuck past their deadline"
-            if metered:
-                self._account(request, Error(reason), started, 0)
-            with self._lock:
-                self._write(self._reply(request, Error(reason)))
+        table = self.table
+        request_id = request.id
+        if self._abandoned and len(self._abandoned) >= MAX_STUCK:
+            self._refuse(request, started)
             return
+        metered = self._metered
         if metered:
             self.metrics.in_flight(1)
+        inflight = self._inflight
+        deadline = started + table.deadline
         # No lock: one dict store is atomic, and the watchdog iterates over a snapshot.
-        self._inflight[request.id] = (request, deadline, True)
+        inflight[request_id] = (request, deadline, True)
         try:
             reply = table.answer(request)
         except Exception as exc:  # answer() itself must never take the table down
@@ -235,18 +247,35 @@ class Server:
         if type(reply) not in REPLY_TYPES and isinstance(reply, Coroutine):
             self._dispatch_async(request, reply, deadline)
             return
-        with self._lock:  # _finish(), inlined: the hot path
-            if self._inflight.pop(request.id, None) is not None:
-                try:
-                    data = self._send(_answer(Answer, (request.op, request.id, reply)))
-                except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
-                    data = self._unencodable(request, exc)
-                if metered:  # before the write: counted by the time smtpd reads it
-                    self._account(request, reply, started)  # type: ignore[arg-type]
-                if not write_all(self.outfd, data):
-                    self._done.set()
-            else:
+        # _finish(), inlined: the hot path. acquire/release rather than ``with``: the same
+        # lock, without looking up and calling __enter__ and __exit__.
+        self._acquire()
+        try:
+            if inflight.pop(request_id, None) is None:
                 self._late(request)
+                return
+            try:
+                data = self._send(_answer(Answer, (request.op, request_id, reply)))
+            except Exception as exc:  # e.g. a lone surrogate: smtpd still gets one reply
+                data = self._unencodable(request, exc)
+            if metered:  # before the write: counted by the time smtpd reads it
+                self._account(request, reply, started)  # type: ignore[arg-type]
+            try:  # write_all(), inlined for the one write that nearly always suffices
+                written = _write(self.outfd, data)
+            except OSError:
+                written = 0  # write_all() below meets the error again, logs it, says gone
+            if written != len(data) and not write_all(self.outfd, data[written:]):
+                self._done.set()
+        finally:
+            self._release()
+
+    def _refuse(self, request: Request, started: float) -> None:
+        """Too many handlers stuck past their deadline: error, without calling one more."""
+        reply = Error(f"{len(self._abandoned)} handlers are stuck past their deadline")
+        if self._metered:
+            self._account(request, reply, started, 0)
+        with self._lock:
+            self._write(self._reply(request, reply))
 
     def _reply(self, request: Request, reply: Reply) -> bytes:
         assert self.codec is not None
@@ -289,10 +318,13 @@ class Server:
     def _dispatch_async(self, request: Request, coro: Coroutine[Any, Any, Reply],
                         deadline: float) -> None:
         """An async handler's request (already counted in flight by _dispatch)."""
-        loop = self._event_loop()
         ordered = self.protocol == "imsg"  # no ids on imsg: replies in request order
         with self._lock:
+            if request.id not in self._inflight:  # answer() overran: answered already,
+                coro.close()  # and a new entry would be answered twice (fatal to smtpd)
+                return self._late(request)
             self._inflight[request.id] = (request, deadline, ordered)
+        loop = self._event_loop()
         self._slots.acquire()  # backpressure: wait for a handler to end (reader thread)
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         self._tasks[request.id] = future  # cancelled by the watchdog at the deadline

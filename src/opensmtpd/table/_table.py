@@ -41,12 +41,14 @@ log = logging.getLogger("opensmtpd.table")
 _OFF = TableMetrics.off()
 
 DEFAULT_DEADLINE = 5.0
-# Validated lookup answers kept per table, keyed (service, value): a hit skips the
-# checks and the allocation. Bounded: cleared when full; long values are not kept.
-FOUND_CACHE_SIZE = 4096
+# Validated lookup answers kept per service, keyed by value: a hit skips the checks and
+# the allocation. Bounded: each service's cleared when full (13 services: at most 13,312
+# values of up to 1,024 characters); long values are not kept.
+FOUND_CACHE_SIZE = 1024
 FOUND_CACHE_MAX_VALUE = 1024
 _UPDATE, _CHECK, _LOOKUP, _FETCH = Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH
 Handler = Callable[..., Any]
+_NO_VALUES: dict[str, Found] = {}
 
 
 class TempFail(Exception):
@@ -71,12 +73,14 @@ def _wants_request(fn: Handler) -> bool:
 
 
 class _Registered:
-    __slots__ = ("fn", "is_async", "wants_request")
+    __slots__ = ("fn", "found", "is_async", "plain", "wants_request")
 
-    def __init__(self, fn: Handler) -> None:
+    def __init__(self, fn: Handler, found: dict[str, Found]) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.wants_request = _wants_request(fn)
+        self.plain = not (self.is_async or self.wants_request)  # fn(key) or fn(): hot path
+        self.found = found  # the service's validated lookup answers (Table._found)
 
 
 class Table:
@@ -107,18 +111,18 @@ class Table:
         self._handlers: dict[tuple[Op, Service], _Registered] = {}
         self._update: _Registered | None = None
         self._rotation: dict[Service, itertools.count[int]] = {}
-        self._found: dict[tuple[Service, str], Found] = {}
+        self._found: dict[Service | None, dict[str, Found]] = {}  # service -> value -> Found
 
     # --- registration ---
 
     def on(self, op: Op | str, services: Iterable[Service | str], fn: Handler) -> Handler:
         op = Op(op)
         if op is Op.UPDATE:
-            self._update = _Registered(fn)
+            self._update = _Registered(fn, {})
             return fn
         chosen = _services(services) or ALL_BUT_AUTH
         for service in chosen:
-            self._handlers[(op, service)] = _Registered(fn)
+            self._handlers[(op, service)] = _Registered(fn, self._found.setdefault(service, {}))
         return fn
 
     def _decorator(self, op: Op,
@@ -141,7 +145,7 @@ class Table:
 
     def update(self, fn: Handler) -> Handler:
         """Handler ``fn() -> None`` run on ``smtpctl update table NAME``."""
-        self._update = _Registered(fn)
+        self._update = _Registered(fn, {})
         return fn
 
     @property
@@ -164,26 +168,41 @@ class Table:
 
     def answer(self, request: Request) -> Reply | Coroutine[Any, Any, Reply]:
         """The reply to ``request``; a coroutine when its handler is ``async def``."""
+        op, _, _, service, key, _ = request
+        registered = self._handlers.get((op, service))  # type: ignore[arg-type]  # None: no entry
+        if registered is not None and registered.plain:  # the hot path: fn(key), sync
+            try:
+                result = registered.fn(key) if key is not None else registered.fn()
+            except Exception as exc:
+                return self.failure(request, exc)
+            if type(result) is str and op is _LOOKUP:  # answered before: validated already
+                found = registered.found.get(result)
+                if found is not None:
+                    return found
+            return self.convert(request, result)
+        return self._answer_other(request, registered)
+
+    def _answer_other(self, request: Request, registered: _Registered | None,
+                      ) -> Reply | Coroutine[Any, Any, Reply]:
+        """An update, a service with no handler, a handler async or taking ``request``."""
         op = request.op
         if op is _UPDATE:
             registered = self._update
+            if registered is None:  # no handler: nothing to reload
+                return Updated()
         elif request.service is None:
             return Error(f"unknown service {request.raw_service!r}")
-        else:
-            registered = self._handlers.get((op, request.service))
-            if registered is None:
-                if self.unregistered == "not-found":
-                    return NotFound()
-                return Error(f"no {op} handler for service {request.service}")
-        if registered is None:  # update with no handler: nothing to reload
-            return Updated()
+        elif registered is None:
+            if self.unregistered == "not-found":
+                return NotFound()
+            return Error(f"no {op} handler for service {request.service}")
         key = request.key
         if registered.is_async:
             args: tuple[Any, ...] = (key,) if key is not None else ()
             kwargs = {"request": request} if registered.wants_request else {}
             return self._answer_async(request, registered.fn(*args, **kwargs))
         fn = registered.fn
-        try:  # the calls spelled out: no args tuple or kwargs dict on the hot path
+        try:  # spelled out: no args tuple or kwargs dict (table-consul's handlers take request)
             if registered.wants_request:
                 result = fn(key, request=request) if key is not None else fn(request=request)
             else:
@@ -217,8 +236,8 @@ class Table:
     def convert(self, request: Request, result: Any) -> Reply:
         """Turn a handler's return value into a reply smtpd can parse, or an error."""
         op, service = request.op, request.service
-        if type(result) is str and op is _LOOKUP:  # the common case, answered from the cache
-            found = self._found.get((service, result))  # type: ignore[arg-type]
+        if type(result) is str and op is _LOOKUP:  # answered before: validated already
+            found = self._found.get(service, _NO_VALUES).get(result)
             if found is not None:
                 return found
         if isinstance(result, REPLY_TYPES):  # before UPDATE: never "ok" for a returned Error
@@ -255,10 +274,10 @@ class Table:
             return self._invalid(request, str(exc))
         found = Found(value)
         if op is _LOOKUP and type(result) is str and len(value) <= FOUND_CACHE_MAX_VALUE:
-            cache = self._found
+            cache = self._found.setdefault(service, {})
             if len(cache) >= FOUND_CACHE_SIZE:
-                cache.clear()
-            cache[(service, value)] = found
+                cache.clear()  # in place: the handlers of the service hold this dict
+            cache[value] = found
         return found
 
     def _invalid(self, request: Request, reason: str) -> Error:

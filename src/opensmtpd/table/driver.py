@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import select
+import signal
 import socket
 import subprocess
 import time
@@ -32,6 +33,20 @@ class BackendTimeout(Exception):
 
 class BackendExited(Exception):
     """The backend closed its socket (smtpd would exit: 'table-proc: getline')."""
+
+
+def ending(returncode: int | None) -> str:
+    """How a process ended, for humans: ``exited with status 3``, ``was killed by
+    signal 9 (SIGKILL)``."""
+    if returncode is None:
+        return "closed its end of the socket but is still running"
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"was killed by signal {-returncode}{name}"
 
 
 SmtpdSide = imsg.SmtpdSide | native.SmtpdSide | procexec2020.SmtpdSide
@@ -67,30 +82,44 @@ class Driver:
         self.sock = ours
         self.fd = ours.fileno()
         self._lines = LineBuffer()  # read_line(): raw lines, outside the judged exchange
+        self._handshaken = False
         try:
             self._send(self.side.send(Open(table, smtpd_version)))
             event = self._next_event()
             assert isinstance(event, Registered)
             self.services = event.services
+            self._handshaken = True
         except BaseException:
             self.close(timeout=1.0)  # a failed handshake leaves no process behind
             raise
 
     # --- transport ---
 
+    def _exited(self) -> BackendExited:
+        """The backend is gone: say how (its status, once it is reaped), and when."""
+        try:
+            returncode: int | None = self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        when = "after" if self._handshaken else "before the end of"
+        return BackendExited(f"the backend {ending(returncode)} {when} the handshake")
+
     def _send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
-        except OSError as exc:
-            raise BackendExited(f"write failed: {exc}") from exc
+        except OSError:
+            raise self._exited() from None
 
     def _fill(self, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
             raise BackendTimeout(f"no reply within {self.timeout:g}s")
-        data = os.read(self.fd, 65536)
+        try:
+            data = os.read(self.fd, 65536)
+        except ConnectionResetError:  # it exited with our request unread
+            data = b""
         if not data:
-            raise BackendExited("the backend closed its end (it exited?)")
+            raise self._exited()
         return data
 
     def _next_event(self) -> Registered | Answer:

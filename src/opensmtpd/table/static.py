@@ -33,7 +33,9 @@ from .wire.services import Service
 
 V = TypeVar("V")
 MAX_KEY = 1023  # table_static_priv_add: lowercase() into char[1024] or the key is dropped
-_MATCHED = frozenset((Service.DOMAIN, Service.NETADDR, Service.MAILADDR, Service.REGEX))
+# Services that find an entry by matching (domain wildcards, netmasks, regexes), not by
+# the equal key only.
+MATCHED = frozenset((Service.DOMAIN, Service.NETADDR, Service.MAILADDR, Service.REGEX))
 _TAG = "+"
 
 
@@ -70,7 +72,7 @@ class StaticEntries(Generic[V]):
     def find(self, service: Service, key: str) -> str | None:
         """The entry ``key`` finds for ``service`` (table_static_lookup), or None."""
         subject = ascii_lower(key)
-        if service not in _MATCHED:
+        if service not in MATCHED:
             return subject if subject in self.values else None
         if service is Service.DOMAIN:
             return self._find_domain(subject)
@@ -85,6 +87,8 @@ class StaticEntries(Generic[V]):
 
     def lookup(self, service: Service, key: str) -> V | None:
         """The value of the entry found; None when none is (or the entry has none)."""
+        if service not in MATCHED:  # find(), inlined for the equal key: the hot path
+            return self.values.get(key.lower() if key.isascii() else ascii_lower(key))
         found = self.find(service, key)
         return None if found is None else self.values[found]
 

@@ -239,3 +239,19 @@ def test_build_table_survives_a_missing_dependency(tmp_path: Path,
 def test_main_without_arguments_on_a_terminal_prints_usage() -> None:
     result = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "kv" in result.stdout
+
+
+@pytest.mark.parametrize("protocol", ["native", "imsg"])
+def test_configuration_error_is_labelled_with_the_table_name(
+        tmp_path: Path, start: Started, protocol: str) -> None:
+    """Issue 13 finding 8: the first line of a bad config is ``table NAME[PID]: …`` (the
+    table's handshake names it), never the logger's ``opensmtpd.consul[PID]``."""
+    path = tmp_path / "bad.conf"
+    path.write_text("consistency = sometimes\n")
+    driver = start(SCRIPT, protocol=protocol, table="aliases", config=str(path))
+    assert isinstance(driver.lookup(S.ALIAS, "root"), Error)
+    lines = start.stderr(driver).splitlines()
+    first = next(line for line in lines if "configuration error" in line)
+    assert first.startswith("table aliases["), lines
+    assert f"{path}:1: consistency" in first
+    assert not any("opensmtpd.consul" in line for line in lines), lines

@@ -314,6 +314,45 @@ def test_handler_past_its_deadline(start: Started, make_backend: Callable[..., P
     assert "late answer dropped" in start.stderr(driver)
 
 
+# A fake table: its answer() itself overruns the deadline before handing back a coroutine
+# (Table.answer never blocks before returning one; a Served table could).
+FAKE_SLOW_ANSWER = """
+import time
+from opensmtpd.table import Found, Table
+
+class FakeSlowAnswer(Table):
+    def answer(self, request):
+        if request.key == "slow":
+            time.sleep(0.6)
+
+            async def late():
+                return Found("late@example.org")
+            return late()
+        return super().answer(request)
+
+table = FakeSlowAnswer(deadline=0.3)
+
+@table.lookup("alias")
+def alias(key):
+    return f"{key}@example.org"
+
+table.run()
+"""
+
+
+@pytest.mark.parametrize("protocol", ["native", "imsg"])
+def test_answer_overrunning_before_its_coroutine_is_answered_once(
+        start: Started, make_backend: Callable[..., Path], protocol: str) -> None:
+    driver = start(make_backend(FAKE_SLOW_ANSWER), protocol=protocol)
+    assert isinstance(driver.lookup(Service.ALIAS, "slow"), Error)  # the watchdog's
+    assert not pending(driver.fd, 1.0)  # the coroutine is dropped, never a second answer
+    assert driver.lookup(Service.ALIAS, "next") == Found("next@example.org")
+    assert driver.close() == 0
+    log = start.stderr(driver)
+    assert "late answer dropped" in log
+    assert "Traceback" not in log and "never awaited" not in log
+
+
 def test_auth_password_not_logged_on_deadline_or_late_exception(
         start: Started, make_backend: Callable[..., Path], tmp_path: Path) -> None:
     release = tmp_path / "release"

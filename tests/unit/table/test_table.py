@@ -121,6 +121,20 @@ def test_a_value_valid_for_one_service_is_still_checked_for_another() -> None:
         assert isinstance(answer(table, req(Op.LOOKUP, Service.USERINFO, "k")), Error)
 
 
+def test_validated_values_kept_are_bounded_per_service() -> None:
+    from opensmtpd.table._table import FOUND_CACHE_SIZE
+
+    table = Table()
+    table.lookup("alias", "domain")(lambda key: key)
+    for i in range(3 * FOUND_CACHE_SIZE):  # every value different: each one kept, until full
+        for service in (Service.ALIAS, Service.DOMAIN):
+            reply = answer(table, req(Op.LOOKUP, service, f"v{i}.example.org"))
+            assert reply == Found(f"v{i}.example.org")
+    kept = [len(values) for values in table._found.values()]
+    assert kept and max(kept) <= FOUND_CACHE_SIZE
+    assert sum(kept) <= 2 * FOUND_CACHE_SIZE
+
+
 # --- fetch ----------------------------------------------------------------------------
 
 def test_fetch_rotates_over_a_list() -> None:

@@ -29,7 +29,6 @@ from .events import (
     Reply,
     Request,
     Updated,
-    make_request,
 )
 from .services import Service
 
@@ -58,6 +57,7 @@ _KEYED = {PROC_TABLE_CHECK: Op.CHECK, PROC_TABLE_LOOKUP: Op.LOOKUP}
 _BY_CODE = {service.code: service for service in Service}
 _RAW_SERVICE = {code: f"0x{code:x}" for code in _BY_CODE}
 _UPDATE, _CHECK, _LOOKUP = Op.UPDATE, Op.CHECK, Op.LOOKUP
+_new = tuple.__new__  # _new(Request, fields): Request(...) without its Python-level __new__
 REPLY_CACHE_SIZE = 1024  # encoded lookup answers kept per TableSide, keyed by value,
 REPLY_CACHE_MAX_VALUE = 1024  # for values up to this many characters
 
@@ -126,9 +126,9 @@ class TableSide:
                 if b"\0" not in key:
                     del buf[:length]
                     self._seq = seq = self._seq + 1
-                    return make_request(op, str(seq), self.table, _BY_CODE.get(code),
-                                        key.decode(ENCODING, ERRORS),
-                                        _RAW_SERVICE.get(code) or f"0x{code:x}")
+                    return _new(Request, (op, str(seq), self.table, _BY_CODE.get(code),
+                                          key.decode(ENCODING, ERRORS),
+                                          _RAW_SERVICE.get(code) or f"0x{code:x}"))
         try:
             msg = self._framer.next_message()
         except ValueError as exc:

@@ -33,7 +33,6 @@ from .events import (
     Reply,
     Request,
     Updated,
-    make_request,
 )
 from .services import Service
 
@@ -42,6 +41,8 @@ _CLIENT_SECRETS = (Service.AUTH, Service.CREDENTIALS)
 _OPS = {op.value: op for op in Op}
 _HEADS = {op: f"{op.value}-result|" for op in Op}
 _SERVICES = {service.value: service for service in Service}
+_KEYED = {"lookup": Op.LOOKUP, "check": Op.CHECK}
+_new = tuple.__new__  # _new(Request, fields): Request(...) without its Python-level __new__
 _UPDATE, _CHECK, _LOOKUP, _FETCH = Op.UPDATE, Op.CHECK, Op.LOOKUP, Op.FETCH
 # smtpd sends four config lines (§3.2); a peer that sends more gets them ignored, so the
 # handshake state stays bounded whatever arrives (docs/limits.md).
@@ -53,6 +54,11 @@ _KNOWN_CONFIG = frozenset(("smtpd-version", "protocol", "tablename"))
 def parse_request(line: str) -> Request | Malformed:
     """Parse one request line (without its newline)."""
     fields = line.split("|", 7)
+    if len(fields) == 8:  # the hot shape, check or lookup: judged and built in one step
+        head, version, _, table, name, service, request_id, key = fields
+        op = _KEYED.get(name)
+        if op is not None and request_id and head == "table" and version == PROTOCOL_VERSION:
+            return _new(Request, (op, request_id, table, _SERVICES.get(service), key, service))
     if len(fields) < 6 or fields[0] != "table":
         # never quote the line: it may be the tail of a key carrying a password
         return Malformed(f"not a table request ({len(line)} bytes, {line.count('|')} '|')")
@@ -74,9 +80,8 @@ def parse_request(line: str) -> Request | Malformed:
         return Malformed("empty request id", op=op)
     if fields[1] != PROTOCOL_VERSION:
         return Malformed(f"unsupported protocol version {fields[1][:20]!r}", id=request_id, op=op)
-    return make_request(op, request_id, fields[3], _SERVICES.get(raw_service) if raw_service
-                        else None, fields[7] if op is _LOOKUP or op is _CHECK else None,
-                        raw_service)
+    return Request(op, request_id, fields[3], _SERVICES.get(raw_service),
+                   fields[7] if op is _LOOKUP or op is _CHECK else None, raw_service)
 
 
 class TableSide:
@@ -111,8 +116,7 @@ class TableSide:
             end = buf.find(b"\n")
             if end >= 0:
                 line = buf[:end].decode(ENCODING, ERRORS)
-                del buf[:end + 1]
-                lines.truncated = False
+                del buf[:end + 1]  # (``truncated`` is read only after next_line() below)
                 request = parse_request(line)
                 return self._whole(request) if buf else request  # nothing queued: whole
         while True:  # a loop, not recursion: any number of config lines in one read
