@@ -1,7 +1,8 @@
 """The table-consul configuration file, and Consul's standard environment variables.
 
-Format: one ``key = value`` per line; ``#`` starts a comment line; blank lines are
-ignored; a value may be wrapped in double quotes. Every key is optional (see KEYS for the
+Format: one ``key = value`` per line; ``#`` starts a comment line (a `` #`` after an
+unquoted value is refused, not read as part of it); blank lines are ignored; a value may
+be wrapped in double quotes. Every key is optional (see KEYS for the
 defaults and docs/table-consul.md). Precedence: the file, then the environment
 (``CONSUL_HTTP_ADDR``…), then the default. A wrong key or value raises ConfigError naming
 the file, the line and the key.
@@ -216,7 +217,8 @@ class Config:
             except OSError as exc:
                 raise ConfigError(f"{self.origin.get('token_file', 'token_file')}: cannot "
                                   f"read the token file {self.token_file}: "
-                                  f"{exc.strerror or exc}") from None
+                                  f"{exc.strerror or exc} (expected a file holding the ACL "
+                                  "token, readable by smtpd's user)") from None
             if not text:
                 raise ConfigError(f"{self.origin.get('token_file', 'token_file')}: the token "
                                   f"file {self.token_file} is empty")
@@ -274,7 +276,12 @@ def parse_lines(text: str, where: str) -> dict[str, tuple[int, str]]:
         if key in found:
             raise ConfigError(f"{where}:{number}: key {key!r} already set on line "
                               f"{found[key][0]}")
-        found[key] = (number, _unquote(value.strip()))
+        value = value.strip()
+        if not value.startswith('"') and re.search(r"\s#", value):
+            raise ConfigError(f"{where}:{number}: {key}: a comment must be on its own line "
+                              f"(expected only the value; quote a value holding ' #'), got "
+                              f"{value[:60]!r}")
+        found[key] = (number, _unquote(value))
     return found
 
 

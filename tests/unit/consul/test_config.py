@@ -98,6 +98,10 @@ ssl_verify = off
     ("datacenter = dc 1\n", 1, "datacenter: invalid value"),
     ("just words\n", 1, "expected 'key = value'"),
     ("wait = 1s\nwait = 2s\n", 2, "key 'wait' already set on line 1"),
+    # docs/table-consul.md once showed this line: the comment was read as part of the path
+    ("store = consul\ntoken_file = /etc/mail/consul-token      # root:opensmtpd 0640\n", 2,
+     "token_file: a comment must be on its own line (expected only the value"),
+    ("wait = 5s # five seconds\n", 1, "wait: a comment must be on its own line"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int,
                                        needle: str) -> None:
@@ -123,6 +127,11 @@ def test_inconsistent_settings_are_errors(tmp_path: Path, text: str, where: str,
         load(path, env={})
     message = str(caught.value)
     assert where in message and needle in message, message
+
+
+def test_a_quoted_value_may_hold_a_hash(tmp_path: Path) -> None:
+    path = write(tmp_path, 'database = "/srv/kv #1.db"\n')
+    assert load(path, env={}).database == "/srv/kv #1.db"
 
 
 def test_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -186,7 +195,8 @@ def test_token_file_wins_over_token_and_is_reread(tmp_path: Path) -> None:
 
 def test_unreadable_or_empty_token_file_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, f"store = consul\ntoken_file = {tmp_path}/missing\n")
-    with pytest.raises(ConfigError, match=r":2: token_file: cannot read the token file"):
+    with pytest.raises(ConfigError, match=r":2: token_file: cannot read the token file"
+                       r".*No such file.*expected a file holding the ACL token"):
         load(path, env={})
     (tmp_path / "empty").write_text("\n")
     path = write(tmp_path, f"store = consul\ntoken_file = {tmp_path}/empty\n")
