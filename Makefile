@@ -26,8 +26,15 @@ demo: deps venv
 
 # tests/artifacts checks build/deb and build/dist; tests/e2e/deb installs the .debs in
 # fresh Debian 12, 13 and sid chroots, under each one's own smtpd
+# The docs tier (tests/docs: its own fresh chroots, one walk at a time, the pages' fixed
+# ports 25/13742/8500 that no other test uses) runs beside the rest, its output after it.
 test: deps venv chroot consul lint deb dist
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	@mkdir -p build; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/docs > build/docs-tier.log 2>&1 & docs=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/docs; rest=$$?; \
+	wait $$docs; docs_status=$$?; \
+	echo "== tests/docs (ran beside the rest; exit status $$docs_status)"; cat build/docs-tier.log; \
+	test $$rest -eq 0 && test $$docs_status -eq 0
 
 # The long fuzz run (docs/testing.md, "Fuzzing"): 100,000 inputs per process target.
 fuzz: venv
