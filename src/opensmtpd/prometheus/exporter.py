@@ -13,6 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .limits import IDLE_TIMEOUT, MAX_CONNECTIONS
+
 if TYPE_CHECKING:  # imported when serving: main() explains a missing prometheus_client
     from prometheus_client import CollectorRegistry
 
@@ -34,8 +36,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 class Exporter:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, *,
-                 max_delay: float = 30.0, timeout: float = 10.0,
-                 max_connections: int = 16) -> None:
+                 max_delay: float = 30.0, timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.host, self.port = host, port
         self.timeout, self.max_connections = timeout, max_connections
         self.registry = registry

@@ -24,6 +24,8 @@ from opensmtpd.filter import Filter
 from opensmtpd.stdio import setup_logging
 
 from .exporter import DEFAULT_ADDRESS, Exporter, parse_address
+from .limits import IDLE_TIMEOUT as HTTP_TIMEOUT
+from .limits import MAX_CONNECTIONS as HTTP_MAX_CONNECTIONS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opensmtpd.prometheus")
 DEFAULT_MAX_SESSIONS = 100_000
-HTTP_TIMEOUT = 10.0  # server.IDLE_TIMEOUT; not imported: server needs prometheus_client
-HTTP_MAX_CONNECTIONS = 16
 
 
 def parser() -> argparse.ArgumentParser:

@@ -32,10 +32,10 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+from .limits import IDLE_TIMEOUT, MAX_CONNECTIONS
+
 log = logging.getLogger("opensmtpd.prometheus")
 
-MAX_CONNECTIONS = 16
-IDLE_TIMEOUT = 10.0
 MAX_REQUEST_BYTES = 16 * 1024
 LOG_INTERVAL = 60.0
 _DETAIL = 120  # characters of a client-supplied detail kept in a log line

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -215,19 +218,10 @@ def test_default_serves_every_service_but_auth() -> None:
 def test_a_bad_file_is_logged_through_the_library_logging_before_run(tmp_path: Path) -> None:
     """Logged at construction, before run(): it must go through the library's handler (to
     syslog when smtpd gives /dev/null as stderr), not Python's last-resort stderr print."""
-    import subprocess
-    import sys
-
     code = ("from opensmtpd.table import MappingTable\n"
             f"MappingTable(path={str(tmp_path / 'missing')!r})\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert "cannot load the table file" in done.stderr
     # the library's format (label[pid]: message), which only its own handler writes
-    assert re_search(r"\[\d+\]: cannot load the table file", done.stderr), done.stderr
-
-
-def re_search(pattern: str, text: str) -> bool:
-    import re
-
-    return re.search(pattern, text) is not None
+    assert re.search(r"\[\d+\]: cannot load the table file", done.stderr), done.stderr
