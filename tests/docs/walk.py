@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.smtpd import chrooted_pids as harness_chrooted_pids
+
 from .markdown import Page, Step
 
 CLONE = "/root/py-opensmtpd"
@@ -32,18 +34,8 @@ STARTS = re.compile(r"\bservice opensmtpd (re)?start\b")
 
 
 def chrooted_pids(root: Path) -> list[int]:
-    """Processes whose root is ``root`` or below it (smtpd's own processes chroot to its
-    spool and /var/lib/opensmtpd/empty)."""
-    found, root = [], root.resolve()  # /proc shows the real path (build/ is a symlink)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                where = os.readlink(f"/proc/{entry}/root")
-            except OSError:
-                continue
-            if where == str(root) or where.startswith(f"{root}/"):
-                found.append(int(entry))
-    return found
+    """Processes whose root is ``root`` or below it."""
+    return harness_chrooted_pids(root, below=True)
 
 
 def smtpd_pids(root: Path) -> list[int]:

@@ -95,16 +95,20 @@ def _mounted(where: Path) -> bool:
 CHROOT_MOUNTS = (("proc", "proc", ("-t", "proc")), ("/dev", "dev", ("--bind",)))
 
 
-def chrooted_pids(path: Path) -> list[int]:
-    """Processes whose root directory is ``path`` (an smtpd someone runs in it)."""
+def chrooted_pids(path: Path, *, below: bool = False) -> list[int]:
+    """Processes whose root directory is ``path`` (an smtpd someone runs in it); with
+    ``below``, also those rooted under it (smtpd's own processes chroot to its spool and
+    /var/lib/opensmtpd/empty), ``path`` resolved first (/proc shows real paths)."""
+    root = str(path.resolve()) if below else str(path)
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/root") == str(path):
-                    found.append(int(entry))
+                where = os.readlink(f"/proc/{entry}/root")
             except OSError:
                 continue
+            if where == root or (below and where.startswith(f"{root}/")):
+                found.append(int(entry))
     return found
 
 
