@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import opensmtpd
 from opensmtpd.consul.store import EmbeddedSource, EmbeddedStore, StoreError
 
 HINT = "table-consul kv put"
@@ -32,6 +33,10 @@ def shared_dir() -> Iterator[Path]:
     """A directory another user can reach (pytest's tmp_path is root's only)."""
     path = Path(tempfile.mkdtemp(prefix="store-errors-", dir="/tmp"))
     path.chmod(0o755)
+    # the library as that user can import it: the checkout (and its virtualenv) may sit
+    # in a directory only root can enter, e.g. one made by mktemp -d
+    shutil.copytree(Path(opensmtpd.__file__).parent, path / "lib" / "opensmtpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     yield path
     path.chmod(0o755)
     shutil.rmtree(path)
@@ -42,13 +47,15 @@ def store(path: Path) -> Path:
     return path
 
 
-def read_as_table_user(path: Path) -> str:
-    """What the table, running as the table's user, says when it reads ``path``."""
+def read_as_table_user(path: Path, shared: Path) -> str:
+    """What the table, running as the table's user (Debian's python3 and the library
+    copied into ``shared``), says when it reads ``path``."""
     code = ("import sys\nfrom opensmtpd.consul.store import EmbeddedSource, StoreError\n"
             "try:\n    EmbeddedSource(sys.argv[1]).list('t/')\n"
             "except StoreError as exc:\n    print(exc)\nelse:\n    print('read fine')\n")
-    result = subprocess.run([sys.executable, "-c", code, str(path)], user=TABLE_USER,
-                            capture_output=True, text=True, timeout=60, cwd="/")
+    result = subprocess.run(["/usr/bin/python3", "-c", code, str(path)], user=TABLE_USER,
+                            capture_output=True, text=True, timeout=60, cwd="/",
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(shared / "lib")})
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -62,9 +69,9 @@ def test_missing_store_gets_the_create_hint(tmp_path: Path) -> None:
 
 def test_unreadable_file_names_the_permission_and_the_user(shared_dir: Path) -> None:
     path = store(shared_dir / "kv.sqlite3")
-    assert read_as_table_user(path) == "read fine"  # 0644: the user can read it
+    assert read_as_table_user(path, shared_dir) == "read fine"  # 0644: the user can read it
     path.chmod(0o000)
-    text = read_as_table_user(path)
+    text = read_as_table_user(path, shared_dir)
     assert text == (f"{path}: permission denied to user {TABLE_USER} (the store and every "
                     "directory above it must be readable by the table's user)")
 
@@ -75,7 +82,7 @@ def test_unreadable_directory_is_a_permission_error_not_a_missing_store(
     directory.mkdir()
     path = store(directory / "kv.sqlite3")
     directory.chmod(0o000)  # the issue's `chmod 000 /var/lib/table-consul`
-    text = read_as_table_user(path)
+    text = read_as_table_user(path, shared_dir)
     assert f"permission denied to user {TABLE_USER}" in text and HINT not in text
 
 
